@@ -1,0 +1,181 @@
+"""The ``ralph`` command line: thin typer commands that call plain functions returning exit codes.
+
+Heavy modules (the runner, OpenTelemetry) are imported inside the commands so ``ralph --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ralph import __version__
+from ralph.errors import guard
+
+app = typer.Typer(
+    name="ralph",
+    help="Run an AI coding agent in a loop: one titled session per iteration, with the session's ID "
+    "in every child's env, a history, logs and traces.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="State folder (default: $RALPH_STATE_DIR, else ./.ralph).",
+                 show_default=False),
+]
+SessionOpt = Annotated[
+    str | None,
+    typer.Option("--session", help="Session ID or unique prefix (default: $RALPH_SESSION_ID, else the newest)."),
+]
+
+
+def _state(state_dir: Path | None) -> Path:
+    from ralph.store import resolve_state_dir
+
+    return resolve_state_dir(state_dir)
+
+
+def _finish(code: int) -> None:
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ralph {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Ralph loops with session identity."""
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="The loop file (YAML).", show_default=False)],
+    max_iterations: Annotated[int | None, typer.Option("--max-iterations", min=1,
+                                                       help="Override until.max_iterations.")] = None,
+    state_dir: StateDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide the children's output.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
+    item: Annotated[list[str] | None, typer.Option("--item", help="Run only this batch item (repeatable).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Run the I-th of N stable shards: I/N.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this loop.")] = False,
+) -> None:
+    """Run a loop."""
+    from ralph import commands
+
+    _finish(guard(lambda: commands.run(file, max_iterations, _state(state_dir), quiet, json_out, tuple(item or ()),
+                                       shard, resume), lambda: _state(state_dir)))
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="The loop file (YAML).", show_default=False)]) -> None:
+    """Check a loop file; print what is wrong with it, or nothing."""
+    from ralph import commands
+
+    _finish(guard(lambda: commands.validate(file)))
+
+
+@app.command()
+def sessions(
+    loop: Annotated[str | None, typer.Option("--loop", help="Only this loop's sessions.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's sessions (ID or prefix).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Session history, newest first."""
+    from ralph import views
+
+    _finish(guard(lambda: views.sessions(_state(state_dir), loop, run_id, limit, json_out)))
+
+
+@app.command()
+def show(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="A session or run ID (or unique prefix).")],
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """A session or run: steps, exit codes, durations, trace, span tree."""
+    from ralph import views
+
+    _finish(guard(lambda: views.show(_state(state_dir), ident, json_out)))
+
+
+@app.command()
+def logs(
+    session: Annotated[str, typer.Argument(metavar="SESSION", help="Session ID or unique prefix.")],
+    step: Annotated[str | None, typer.Option("--step", help="Only this step (e.g. agent, check).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the session runs.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """What the session's children printed."""
+    from ralph import views
+
+    _finish(guard(lambda: views.logs(_state(state_dir), session, step, follow)))
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def exec(  # noqa: A001 - the command's name
+    command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="The command and its arguments.")],
+    session: SessionOpt = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Run CMD in that session's env, recorded as a step of it."""
+    from ralph import sessiontools
+
+    _finish(guard(lambda: sessiontools.exec_command(_state(state_dir), session, tuple(command))))
+
+
+@app.command()
+def shell(session: SessionOpt = None, state_dir: StateDir = None) -> None:
+    """An interactive $SHELL in that session's env."""
+    from ralph import sessiontools
+
+    _finish(guard(lambda: sessiontools.shell(_state(state_dir), session)))
+
+
+@app.command()
+def env(
+    session: SessionOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="sh (for eval) or json.")] = "sh",
+    state_dir: StateDir = None,
+) -> None:
+    """The session env, for eval "$(ralph env)"."""
+    from ralph import sessiontools
+
+    _finish(guard(lambda: sessiontools.print_env(_state(state_dir), session, fmt)))
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to write the starter loop.")] = Path("."),
+    name: Annotated[str, typer.Option("--name", help="The loop's name.")] = "my-loop",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Scaffold a loop file and prompt that validate."""
+    from ralph import commands
+
+    _finish(guard(lambda: commands.init(directory, name, force)))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the loop file."""
+    from ralph import commands
+
+    _finish(guard(commands.schema))
+
+
+def main() -> None:
+    app()

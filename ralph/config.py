@@ -1,0 +1,230 @@
+"""The loop file's schema: frozen, typed records validated by pydantic.
+
+The YAML side (line numbers, duplicate keys, tags) lives in ``loader``; this module only knows
+shapes and values, so ``ralph schema`` can print the JSON Schema straight from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
+STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PLACEHOLDERS = ("loop", "iteration", "item", "run_id", "date")
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# Set by the runner for every child; a loop's `env:` may not override them.
+RESERVED_ENV = frozenset(
+    {
+        "OPENCODE_SESSION_ID", "RALPH_SESSION_ID", "OPENCODE_SESSION_TITLE", "RALPH_SESSION_TITLE",
+        "RALPH_RUN_ID", "RALPH_LOOP", "RALPH_ITERATION", "RALPH_ATTEMPT", "RALPH_STEP", "RALPH_ITEM",
+        "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE", "OTEL_RESOURCE_ATTRIBUTES",
+    }
+)
+RESERVED_STEP_NAMES = frozenset({"agent", "check"})
+PRESETS = ("command", "opencode", "claude", "codex")
+
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def parse_duration(value: Any) -> float:
+    """``90s``, ``30m``, ``2h``, ``1h30m``, ``250ms`` or a bare number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 30m, 2h or 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().replace(" ", "")
+        match = _DURATION_RE.match(text)
+        if not match or not any(match.groups()):
+            raise ValueError(f"invalid duration {value!r}; use e.g. 90s, 30m, 2h or 1h30m")
+        h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
+        seconds = h * 3600 + m * 60 + s + ms / 1000
+    else:
+        raise ValueError("expected a duration such as 90s, 30m, 2h or 1h30m")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def _to_str(value: Any) -> Any:
+    """YAML turns ``PORT: 8080`` into an int; env values are strings, so accept scalars."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _check_command(value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("the command is empty")
+    if isinstance(value, tuple) and (not value or not all(value)):
+        raise ValueError("a command list needs at least one non-empty element")
+    return value
+
+
+def _check_env_name(name: str) -> str:
+    if not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid environment variable name")
+    if name in RESERVED_ENV:
+        raise ValueError(f"{name} is set by ralph for every child and may not be set here")
+    return name
+
+
+def _check_env_value(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("an environment value may not contain a NUL byte")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Command = Annotated[str | tuple[str, ...], AfterValidator(_check_command)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+EnvValue = Annotated[str, BeforeValidator(_to_str), AfterValidator(_check_env_value)]
+
+
+def unknown_placeholders(template: str) -> list[str]:
+    return [name for name in PLACEHOLDER_RE.findall(template) if name not in PLACEHOLDERS]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Retry(Model):
+    attempts: int = Field(1, ge=1, le=100, description="total attempts of the agent per iteration")
+    backoff: Duration = Field(2.0, description="first wait between attempts (doubles, with jitter)")
+    max_backoff: Duration = Field(60.0, description="longest wait between attempts")
+    on_exit_codes: tuple[int, ...] = Field((), description="retry when the agent exits with one of these")
+    on_output: tuple[str, ...] = Field((), description="retry when the output contains one (case-insensitive)")
+
+
+class Agent(Model):
+    preset: Literal["command", "opencode", "claude", "codex"] = "command"
+    command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
+    bin: str | None = Field(None, description="the preset's executable (default: found on PATH)")
+    prompt: str | None = None
+    prompt_file: str | None = Field(None, description="relative to the loop file")
+    model: str | None = Field(None, description="presets only")
+    args: tuple[str, ...] = Field((), description="appended to the preset's command line")
+    timeout: Duration | None = None
+    idle_timeout: Duration | None = Field(None, description="no output for this long: the agent is hung")
+    retry: Retry = Retry()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Agent:
+        if self.prompt is not None and self.prompt_file is not None:
+            raise ValueError("give either prompt or prompt_file, not both")
+        if self.preset == "command":
+            if self.command is None:
+                raise ValueError("the command preset needs `command`")
+            if self.model is not None:
+                raise ValueError("`model` is for the opencode, claude and codex presets")
+        elif self.command is not None:
+            raise ValueError(f"the {self.preset} preset builds its own command line; use `args` or `bin`")
+        if self.preset != "command" and self.prompt is None and self.prompt_file is None:
+            raise ValueError(f"the {self.preset} preset needs a prompt or prompt_file")
+        return self
+
+
+class Step(Model):
+    name: str = Field(pattern=STEP_NAME_RE)
+    run: Command
+    timeout: Duration | None = None
+    continue_on_error: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_STEP_NAMES:
+            raise ValueError(f"{value!r} is the name of a built-in step; choose another")
+        return value
+
+
+class Steps(Model):
+    before: tuple[Step, ...] = ()
+    after: tuple[Step, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Steps:
+        seen: set[str] = set()
+        for step in self.before + self.after:
+            if step.name in seen:
+                raise ValueError(f"two steps are named {step.name!r}; step names must be unique")
+            seen.add(step.name)
+        return self
+
+
+class Until(Model):
+    max_iterations: int = Field(10, ge=1)
+    max_duration: Duration | None = None
+    output_contains: str | None = Field(None, min_length=1)
+    command_succeeds: Command | None = None
+    max_consecutive_failures: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, gt=0)
+
+    @property
+    def has_success_condition(self) -> bool:
+        return self.output_contains is not None or self.command_succeeds is not None
+
+
+class Batch(Model):
+    items: tuple[EnvValue, ...] | None = None
+    items_file: str | None = None
+    items_command: Command | None = None
+    parallel: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Batch:
+        given = [k for k in ("items", "items_file", "items_command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of items, items_file or items_command")
+        return self
+
+
+class Telemetry(Model):
+    """Defaults for the standard ``OTEL_*`` variables, which win when set."""
+
+    enabled: bool = True
+    exporter: str | None = Field(None, description="like OTEL_TRACES_EXPORTER: otlp, console, none")
+    endpoint: str | None = Field(None, description="like OTEL_EXPORTER_OTLP_ENDPOINT")
+    protocol: Literal["http/protobuf", "grpc", "http/json"] | None = None
+    service_name: str | None = None
+    file: bool = Field(True, description="write traces.jsonl in the state folder")
+
+
+class LoopFile(Model):
+    name: str = Field(pattern=NAME_RE, max_length=100)
+    title: str | None = Field(None, description="session title template")
+    workdir: str | None = Field(None, description="relative to this file; default: the current folder")
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    agent: Agent
+    steps: Steps = Steps()
+    until: Until = Until()
+    batch: Batch | None = None
+    telemetry: Telemetry = Telemetry()
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str | None) -> str | None:
+        if value is not None:
+            bad = unknown_placeholders(value)
+            if bad:
+                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                raise ValueError(f"unknown placeholder {{{bad[0]}}} (known: {known})")
+            if not value.strip():
+                raise ValueError("the title is empty")
+        return value
+
+
+
+def json_schema() -> dict[str, Any]:
+    schema = LoopFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ralph loop file"
+    return schema

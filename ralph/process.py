@@ -1,0 +1,316 @@
+"""Child processes: a ``Request`` goes in, an ``Outcome`` comes out.
+
+Every child runs in its own process group, so a timeout or an interrupt can end the whole tree
+(SIGINT, SIGTERM, SIGKILL, ``grace`` seconds apart) and nothing it started outlives the step.
+stdout and stderr share one pipe so the log keeps their order; output is streamed in chunks to the
+log file and to ``on_output`` as it arrives, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ralph.interrupt import CancelToken, never
+
+CHUNK = 1 << 20
+_F_SETPIPE_SZ = 1031  # Linux: a bigger pipe means fewer wake-ups for chatty children
+
+
+@dataclass(frozen=True)
+class Request:
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = field(repr=False)
+    stdin: bytes | None = field(default=None, repr=False)
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    deadline: float | None = None  # time.monotonic() after which the step is out of time
+    log_path: Path | None = None
+    grace: float = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # ok | failed | timeout | interrupted | error
+    exit_code: int
+    pid: int | None
+    started: float  # epoch seconds
+    duration: float
+    signal: int | None = None
+    reason: str | None = None  # why it was ended, or why it could not start
+    log_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def shell_argv(command: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A string runs under /bin/sh -c; a list is exec'd as is. Never interpolated."""
+    return ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
+
+
+def _open_log(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a group. Reads /proc because a zombie still answers kill(0),
+    and where PID 1 does not reap, orphans stay zombies forever."""
+    members = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                members.append(int(entry.name))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    if not _signal_group(pgid, 0):
+        return False
+    return not os.path.isdir("/proc") or bool(group_members(pgid))
+
+
+class _Stopper:
+    """Escalates SIGINT -> SIGTERM -> SIGKILL to a process group, ``grace`` seconds apart."""
+
+    def __init__(self, pgid: int, grace: float) -> None:
+        self.pgid, self.grace = pgid, grace
+        self.reason: str | None = None
+        self.killed = False
+        self.plan: list[int] = []
+        self.next_at = float("inf")
+
+    def start(self, reason: str, now: float, first: int = signal.SIGINT) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        order = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+        self.plan = order[order.index(first):]
+        self.next_at = now
+        self.step(now)
+
+    def kill_now(self, now: float) -> None:
+        self.plan = [signal.SIGKILL]
+        self.next_at = now
+        self.step(now)
+
+    def step(self, now: float) -> None:
+        if self.plan and now >= self.next_at:
+            sig = self.plan.pop(0)
+            self.killed = self.killed or sig == signal.SIGKILL
+            _signal_group(self.pgid, sig)
+            self.next_at = now + self.grace if self.plan else float("inf")
+
+
+def _spawn_error(request: Request, exc: OSError, log_fd: int | None, on_output: Callable[[bytes], None] | None,
+                 started: float) -> Outcome:
+    if not request.cwd.is_dir():
+        reason = f"the working folder {request.cwd} does not exist"
+    else:
+        reason = f"cannot run {request.argv[0]}: {exc.strerror or exc}"
+    message = f"ralph: {reason}\n".encode()
+    if log_fd is not None:
+        with contextlib.suppress(OSError):
+            _write_all(log_fd, message)
+    if on_output is not None:
+        on_output(message)
+    code = 127 if isinstance(exc, FileNotFoundError) else 126
+    return Outcome("error", code, None, started, 0.0, reason=reason)
+
+
+def run(
+    request: Request,
+    on_output: Callable[[bytes], None] | None = None,
+    cancel: CancelToken | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> Outcome:
+    cancel = cancel or never()
+    started, t0 = time.time(), time.monotonic()
+    log_fd = _open_log(request.log_path)
+    try:
+        try:
+            proc = subprocess.Popen(
+                request.argv, cwd=request.cwd, env=dict(request.env),
+                stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, bufsize=0,
+            )
+        except OSError as exc:
+            return _spawn_error(request, exc, log_fd, on_output, started)
+        if on_start is not None:
+            on_start(proc.pid)
+        return _supervise(proc, request, log_fd, on_output, cancel, started, t0)
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], request: Request, log_fd: int | None,
+    on_output: Callable[[bytes], None] | None, cancel: CancelToken, started: float, t0: float,
+) -> Outcome:
+    assert proc.stdout is not None
+    out_fd = proc.stdout.fileno()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(out_fd, _F_SETPIPE_SZ, CHUNK)
+    os.set_blocking(out_fd, False)
+    sel = selectors.DefaultSelector()
+    sel.register(out_fd, selectors.EVENT_READ, "out")
+    sel.register(cancel.fd, selectors.EVENT_READ, "cancel")
+    pidfd: int | None = None
+    if hasattr(os, "pidfd_open"):
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(proc.pid)
+            sel.register(pidfd, selectors.EVENT_READ, "exit")
+    stdin_view: memoryview | None = None
+    if request.stdin is not None and proc.stdin is not None:
+        stdin_view = memoryview(request.stdin)
+        os.set_blocking(proc.stdin.fileno(), False)
+        if stdin_view:
+            sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "in")
+        else:
+            proc.stdin.close()
+
+    stopper = _Stopper(proc.pid, request.grace)
+    log_error: str | None = None
+    last_output = t0
+    out_open, exited_at = True, None
+    limits = [
+        (t0 + request.timeout, "timeout") if request.timeout else None,
+        (request.deadline, "timeout") if request.deadline else None,
+    ]
+    try:
+        while out_open or proc.returncode is None:
+            now = time.monotonic()
+            if cancel.cancelled:
+                stopper.start("interrupted", now)
+                stopper.reason = "interrupted"  # the user's word wins over a timeout in progress
+                if cancel.urgent and not stopper.killed:
+                    stopper.kill_now(now)
+            for limit in limits:
+                if limit and now >= limit[0]:
+                    stopper.start(limit[1], now)
+            if request.idle_timeout and now - last_output >= request.idle_timeout:
+                stopper.start("idle timeout", now)
+            if exited_at is not None and out_open and now - exited_at > 0.2:
+                # The child is gone but something it started holds the pipe: end the group.
+                stopper.start("orphans", now, first=signal.SIGTERM)
+            stopper.step(now)
+
+            wake = [stopper.next_at - now]
+            wake += [lim[0] - now for lim in limits if lim]
+            if request.idle_timeout:
+                wake.append(last_output + request.idle_timeout - now)
+            if pidfd is None or cancel.cancelled or exited_at is not None:
+                wake.append(0.05)
+            for key, _ in sel.select(max(0.0, min(wake + [1.0]))):
+                if key.data == "out":
+                    try:
+                        data = os.read(out_fd, CHUNK)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        sel.unregister(out_fd)
+                        out_open = False
+                        continue
+                    last_output = time.monotonic()
+                    if log_fd is not None and log_error is None:
+                        try:
+                            _write_all(log_fd, data)
+                        except OSError as exc:
+                            log_error = f"cannot write {request.log_path}: {exc.strerror}"
+                    if on_output is not None:
+                        on_output(data)
+                elif key.data == "in":
+                    assert proc.stdin is not None and stdin_view is not None
+                    try:
+                        stdin_view = stdin_view[os.write(proc.stdin.fileno(), stdin_view[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:  # the child closed its stdin; the rest is not wanted
+                        if exc.errno not in (errno.EPIPE, errno.EBADF):
+                            raise
+                        stdin_view = stdin_view[:0]
+                    if not stdin_view:
+                        sel.unregister(proc.stdin.fileno())
+                        proc.stdin.close()
+                elif key.data == "cancel":
+                    sel.unregister(cancel.fd)  # level-triggered: handled via cancel.cancelled above
+                elif key.data == "exit":
+                    sel.unregister(key.fd)
+            if proc.returncode is None and proc.poll() is not None:
+                exited_at = time.monotonic()
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        proc.stdout.close()
+        if proc.returncode is None:  # we are unwinding from an error: leave nothing behind
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _reap_group(proc.pid, request.grace)
+
+    code = proc.returncode
+    sig = -code if code < 0 else None
+    exit_code = 128 + sig if sig else code
+    reason = stopper.reason if stopper.reason != "orphans" else None
+    if reason == "interrupted":
+        status = "interrupted"
+    elif reason in ("timeout", "idle timeout"):
+        status = "timeout"
+    else:
+        status = "ok" if exit_code == 0 else "failed"
+    return Outcome(status, exit_code, proc.pid, started, time.monotonic() - t0, sig, reason, log_error)
+
+
+def _reap_group(pgid: int, grace: float) -> None:
+    """Background jobs the child left in its group (output redirected away) are ended too."""
+    if not group_alive(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        if not group_alive(pgid):
+            return
+        time.sleep(0.01)
+    _signal_group(pgid, signal.SIGKILL)

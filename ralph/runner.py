@@ -1,0 +1,329 @@
+"""The loop: a new titled session per iteration, before steps -> agent -> after steps -> check,
+until a stop condition holds. A batch runs one such loop per item, ``parallel`` at a time."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ralph import batch as batching
+from ralph import telemetry
+from ralph.agents import get_preset
+from ralph.agents.base import AgentContext, AgentReport, Preset
+from ralph.config import Step
+from ralph.console import Console, LineSplitter, make_console
+from ralph.errors import EXIT_FAILED, EXIT_OK
+from ralph.interrupt import CancelToken, handle_signals
+from ralph.loader import LoopSpec
+from ralph.process import Outcome, shell_argv
+from ralph.runlog import RunLog
+from ralph.scan import StreamMatcher
+from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
+from ralph.steps import Services, StepCall, run_step
+from ralph.store import Store, ensure_dir
+from ralph.telemetry import Span
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    state_dir: Path
+    max_iterations: int | None = None
+    quiet: bool = False
+    json: bool = False
+    items: tuple[str, ...] = ()
+    shard: tuple[int, int] | None = None
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    session_id: str
+    status: str  # complete | ok | failed | timeout | interrupted
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    item: str | None
+    status: str  # complete | exhausted | failed | interrupted
+    reason: str
+    iterations: int
+    succeeded: bool  # this item counts as a success for the exit code
+
+
+@dataclass
+class AgentResult:
+    outcome: Outcome
+    matched: bool
+    report: AgentReport
+
+
+class ItemLoop:
+    """Iterations for one item (or the only loop, outside a batch)."""
+
+    def __init__(self, spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
+                 binary: str | None, item: str | None, first_iteration: int = 1,
+                 previous_id: str | None = None) -> None:
+        self.spec, self.options, self.sv, self.run_span = spec, options, sv, run_span
+        self.preset, self.binary, self.item = preset, binary, item
+        self.first_iteration, self.previous_id = first_iteration, previous_id
+
+    def run(self) -> LoopResult:
+        until = self.spec.config.until
+        max_iterations = self.options.max_iterations or until.max_iterations
+        deadline = time.monotonic() + until.max_duration if until.max_duration else None
+        failures, cost, last_ok, done = 0, 0.0, False, 0
+        iteration = self.first_iteration - 1
+        previous = self.previous_id
+        while True:
+            if self.sv.cancel.cancelled:
+                return self._result("interrupted", "interrupted", done, False)
+            if done >= max_iterations:
+                ok = last_ok and not until.has_success_condition
+                return self._result("exhausted", f"max_iterations ({max_iterations}) reached", done, ok)
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._result("exhausted", "max_duration reached", done, False)
+            iteration += 1
+            done += 1
+            result = self.iteration(iteration, previous, deadline)
+            previous = result.session_id
+            cost += result.cost or 0.0
+            if result.status == "interrupted":
+                return self._result("interrupted", "interrupted", done, False)
+            if result.status == "complete":
+                return self._result("complete", "success condition held", done, True)
+            last_ok = result.status == "ok"
+            failures = 0 if last_ok else failures + 1
+            if until.max_consecutive_failures and failures >= until.max_consecutive_failures:
+                return self._result("failed", f"{failures} consecutive failed iterations", done, False)
+            if until.max_cost_usd is not None and cost >= until.max_cost_usd:
+                return self._result("failed", f"cost ${cost:.4f} reached max_cost_usd", done, False)
+
+    def _result(self, status: str, reason: str, iterations: int, ok: bool) -> LoopResult:
+        return LoopResult(self.item, status, reason, iterations, ok)
+
+    def iteration(self, number: int, previous: str | None, deadline: float | None) -> IterationResult:
+        spec, sv = self.spec, self.sv
+        values = placeholder_values(spec.name, number, self.item, sv.run_id)
+        session = Session(new_session_id(), render(spec.title_template, values), sv.run_id, spec.name, number,
+                          self.item, sv.state_dir, previous)
+        span = sv.tel.span("ralph.iteration", {
+            "session.id": session.id, "session.title": session.title, "ralph.iteration": number,
+            "ralph.loop": spec.name, "ralph.run_id": sv.run_id, "session.previous_id": previous,
+            "ralph.item": self.item,
+        }, parent=self.run_span)
+        sv.store.start_session(id=session.id, run_id=sv.run_id, loop=spec.name, title=session.title,
+                               iteration=number, item=self.item, previous_id=previous,
+                               trace_id=span.trace_id or None, span_id=span.span_id or None)
+        sv.console.iteration_start(session)
+        sv.runlog.info("iteration started", session, span, title=session.title)
+
+        ok, agent = self._steps(session, span, "before", deadline), None
+        if ok and not sv.cancel.cancelled:
+            agent = self._agent(session, span, values, deadline)
+            ok = agent.outcome.ok
+        after_ok = self._steps(session, span, "after", deadline)
+        ok = ok and after_ok
+        complete = bool(agent and agent.matched)
+        check = self.spec.config.until.command_succeeds
+        if check is not None and agent is not None and not complete and not sv.cancel.cancelled:
+            outcome = run_step(sv, session, span, StepCall("check", "check", shell_argv(check)), deadline=deadline)
+            complete = outcome.ok
+
+        if sv.cancel.cancelled:
+            status = "interrupted"
+        elif complete:
+            status = "complete"
+        elif agent is not None and agent.outcome.status == "timeout":
+            status = "timeout"
+        else:
+            status = "ok" if ok else "failed"
+        report = agent.report if agent else AgentReport()
+        sv.store.finish_session(session.id, status, agent_session_id=report.agent_session_id,
+                                tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd)
+        span.set_many({"ralph.outcome": status, "gen_ai.usage.input_tokens": report.tokens_in,
+                       "gen_ai.usage.output_tokens": report.tokens_out, "ralph.cost_usd": report.cost_usd,
+                       "ralph.agent.session_id": report.agent_session_id})
+        span.end(status if status in ("failed", "timeout", "interrupted") else None)
+        sv.runlog.info(f"iteration {status}", session, span, status=status)
+        detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
+        sv.console.iteration_end(session, status, detail)
+        return IterationResult(session.id, status, report.cost_usd)
+
+    def _steps(self, session: Session, span: Span, kind: str, deadline: float | None) -> bool:
+        ok = True
+        for step in self.spec.steps(kind):
+            if self.sv.cancel.cancelled:
+                return False
+            if not self._step(session, span, step, kind, deadline) and not step.continue_on_error:
+                ok = False
+                if kind == "before":
+                    return False
+        return ok
+
+    def _step(self, session: Session, span: Span, step: Step, kind: str, deadline: float | None) -> bool:
+        call = StepCall(step.name, kind, shell_argv(step.run), timeout=step.timeout)
+        return run_step(self.sv, session, span, call, deadline=deadline).ok
+
+    def _agent(self, session: Session, span: Span, values: dict[str, object], deadline: float | None) -> AgentResult:
+        from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+
+        agent = self.spec.config.agent
+        retry = agent.retry
+        prompt = render(self.spec.prompt, values) if self.spec.prompt is not None else None
+        report = AgentReport()
+        until = StreamMatcher([self.spec.config.until.output_contains or ""])
+        attempts: list[AgentResult] = []
+
+        def attempt() -> AgentResult:
+            if attempts and self.sv.cancel.cancelled:
+                return attempts[-1]
+            result = self._agent_attempt(session, span, prompt, len(attempts) + 1, until, report, deadline)
+            attempts.append(result)
+            return result
+
+        def should_retry(result: AgentResult) -> bool:
+            if result.outcome.ok or result.matched or self.sv.cancel.cancelled:
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if not retry.on_exit_codes and not retry.on_output:
+                return True
+            return result.outcome.exit_code in retry.on_exit_codes or bool(self._retry_hit)
+
+        def before_sleep(state: object) -> None:
+            seconds = getattr(getattr(state, "next_action", None), "sleep", 0.0)
+            self.sv.console.retry_wait(session, "agent", seconds, len(attempts))
+            self.sv.runlog.info("agent retry", session, span, attempt=len(attempts), wait=seconds)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(retry.attempts),
+            wait=wait_exponential_jitter(initial=retry.backoff, max=retry.max_backoff, jitter=retry.backoff / 2),
+            retry=retry_if_result(should_retry), sleep=self.sv.cancel.wait, before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else attempts[-1],
+        )
+        return retrying(attempt)
+
+    _retry_hit: str | None = None
+
+    def _agent_attempt(self, session: Session, span: Span, prompt: str | None, number: int, until: StreamMatcher,
+                       report: AgentReport, deadline: float | None) -> AgentResult:
+        agent = self.spec.config.agent
+        retry_on = StreamMatcher(agent.retry.on_output, ignore_case=True)
+        ctx_holder: list[AgentContext] = []
+        parser_holder: list[Callable[[bytes], tuple[str | None, str | None]]] = []
+
+        def prepare(env: dict[str, str]) -> StepCall:
+            ctx = AgentContext(self.spec, session, prompt, env, self.sv.log_path(session, "agent", number).parent,
+                               number, self.binary)
+            ctx_holder.append(ctx)
+            for warning in self.preset.prepare(ctx):
+                self.sv.console.warn(warning)
+                self.sv.runlog.warning(warning, session, span)
+            parser = self.preset.parser(ctx)
+            if parser is not None:
+                parser.report = report  # attempts of one iteration add up
+                parser_holder.append(parser.feed)
+            inv = self.preset.invocation(ctx)
+            return StepCall("agent", "agent", inv.argv, inv.stdin, agent.timeout, agent.idle_timeout, number,
+                            show_args=False)
+
+        splitter = LineSplitter()
+
+        def on_output(data: bytes) -> None:
+            if not parser_holder:
+                until.feed(data)
+                retry_on.feed(data)
+                return
+            shown = []
+            for line in splitter.feed(data):
+                display, text = parser_holder[0](line)
+                if text:
+                    until.feed(text.encode("utf-8") + b"\n")
+                    retry_on.feed(text.encode("utf-8") + b"\n")
+                if display is not None:
+                    shown.append(display.encode("utf-8"))
+            self.sv.console.output_lines(session, "agent", shown)
+
+        outcome = run_step(self.sv, session, span, StepCall("agent", "agent", attempt=number), on_output,
+                           show_output=not self.preset.structured, deadline=deadline, prepare=prepare)
+        if parser_holder:
+            on_output(b"")
+            for line in splitter.flush():
+                parser_holder[0](line)
+        self._retry_hit = retry_on.found
+        return AgentResult(outcome, until.found is not None, report)
+
+
+def _exit_status(results: list[LoopResult], cancel: CancelToken) -> tuple[str, int, str]:
+    if cancel.cancelled and cancel.signum is not None:
+        return "interrupted", 128 + cancel.signum, "interrupted"
+    failed = [r for r in results if not r.succeeded]
+    if not results:
+        return "ok", EXIT_OK, "no items to run"
+    if not failed:
+        why = results[0].reason if len(results) == 1 else f"all {len(results)} items succeeded"
+        return "complete" if all(r.status == "complete" for r in results) else "ok", EXIT_OK, why
+    if len(results) == 1:
+        return failed[0].status, EXIT_FAILED, failed[0].reason
+    names = ", ".join(f"{r.item} ({r.reason})" for r in failed)
+    return "failed", EXIT_FAILED, f"{len(failed)} of {len(results)} items did not succeed: {names}"
+
+
+def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> int:
+    """Run a validated loop to its end and return the exit code."""
+    preset = get_preset(spec.config.agent.preset)
+    binary = preset.binary(spec)  # a missing agent is a usage error, before anything is written
+    items = batching.resolve_items(spec, options.items, options.shard) if spec.config.batch else [None]
+    state_dir = ensure_dir(options.state_dir)
+    store = Store(state_dir)
+    store.mark_abandoned()
+    run_id = new_run_id()
+    tel = telemetry.setup(state_dir, spec.config.telemetry)
+    runlog = RunLog(run_id, state_dir / "logs" / run_id / "ralph.jsonl")
+    console = console or make_console(options.json, options.quiet)
+    for warning in tel.warnings:
+        console.warn(warning)
+    inbound = {k: os.environ[k] for k in ("TRACEPARENT", "TRACESTATE") if os.environ.get(k)}
+    try:
+        with handle_signals() as cancel:
+            run_span = tel.span("ralph.run", {"ralph.run_id": run_id, "ralph.loop": spec.name}, carrier=inbound)
+            store.start_run(run_id, spec.name, str(spec.path.resolve()), trace_id=run_span.trace_id or None,
+                            span_id=run_span.span_id or None)
+            console.run_start(run_id, spec.name, str(spec.path))
+            runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
+            sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
+                          spec.config.env, {} if tel.enabled else inbound)
+            results: list[LoopResult] | None = None
+            try:
+                results = _run_items(spec, options, sv, run_span, preset, binary, items)
+            finally:
+                status, code, detail = (_exit_status(results, cancel) if results is not None
+                                        else ("error", 3, "internal error"))
+                store.finish_run(run_id, status, code)
+                run_span.set_many({"ralph.outcome": status, "process.exit.code": code})
+                run_span.end(None if code == EXIT_OK else status, detail)
+                runlog.info(f"run {status}", span=run_span, status=status, exit_code=code, detail=detail)
+                console.close()
+                console.run_end(run_id, status, code, detail)
+    finally:
+        tel.shutdown()
+        runlog.close()
+        store.close()
+    return code
+
+
+def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
+               binary: str | None, items: list[str | None]) -> list[LoopResult]:
+    def one(item: str | None) -> LoopResult:
+        return ItemLoop(spec, options, sv, run_span, preset, binary, item).run()
+
+    parallel = spec.config.batch.parallel if spec.config.batch else 1
+    if parallel <= 1 or len(items) <= 1:
+        return [one(item) for item in items]
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ralph-item") as pool:
+        return list(pool.map(one, items))

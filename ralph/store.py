@@ -1,0 +1,251 @@
+"""The history: runs, sessions and steps in ``ralph.db`` (SQLite, WAL).
+
+Every write is its own short transaction so a ``kill -9`` loses at most the row in flight and two
+runs sharing a state folder never lock each other out for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ralph.errors import StateError, UsageError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
+    started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT, trace_id TEXT,
+    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
+    iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
+    previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
+    tokens_out INTEGER, cost_usd REAL, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
+CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
+CREATE INDEX IF NOT EXISTS sessions_loop ON sessions (loop, started);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL,
+    kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL, exit_code INTEGER, pid INTEGER,
+    started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id, id);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+"""
+FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
+
+
+def resolve_state_dir(option: str | os.PathLike[str] | None = None) -> Path:
+    raw = option or os.environ.get("RALPH_STATE_DIR") or ".ralph"
+    return Path(raw).expanduser().resolve()
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (path / "logs").mkdir(exist_ok=True, mode=0o700)  # parents=True would not apply the mode below
+    except OSError as exc:
+        raise StateError(f"cannot create the state folder {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StateError(f"the state folder {path} is not writable")
+    return path
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time, so a recycled PID is not mistaken for a live run."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rfind(b")") + 2:].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int | None, start: str | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = process_start(pid)
+    return start is None or current is None or current == start
+
+
+class Store:
+    def __init__(self, state_dir: Path, create: bool = True) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / "ralph.db"
+        if not create and not self.path.exists():
+            raise StateError(f"no history at {self.path}")
+        if create:
+            ensure_dir(state_dir)
+            if not self.path.exists():
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            if create:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            if create and self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                # executescript commits on its own, so the script carries its own transaction.
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot use the history {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _write(self, sql: str, args: Mapping[str, Any] | tuple[Any, ...]) -> int:
+        try:
+            with self._lock:
+                cur = self._db.execute(sql, args)
+                return cur.lastrowid or 0
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"cannot write the history {self.path}: {exc}") from None
+
+    def _insert(self, table: str, row: Mapping[str, Any]) -> int:
+        cols = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        return self._write(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row)  # noqa: S608 - our names
+
+    def _update(self, table: str, key: Any, row: Mapping[str, Any]) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in row)
+        self._write(f"UPDATE {table} SET {sets} WHERE id = :_key", {**row, "_key": key})  # noqa: S608
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
+        pid = os.getpid()
+        self._insert("runs", {"id": run_id, "loop": loop, "loop_file": loop_file, "status": "running",
+                              "started": time.time(), "host": socket.gethostname(), "pid": pid,
+                              "pid_start": process_start(pid), **extra})
+
+    def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
+        self._update("runs", run_id, {"status": status, "exit_code": exit_code, "ended": time.time()})
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        self._update("runs", run_id, fields)
+
+    def start_session(self, **row: Any) -> None:
+        self._insert("sessions", {"status": "running", "started": time.time(), **row})
+
+    def finish_session(self, session_id: str, status: str, **fields: Any) -> None:
+        self._update("sessions", session_id, {"status": status, "ended": time.time(), **fields})
+
+    def update_session(self, session_id: str, **fields: Any) -> None:
+        self._update("sessions", session_id, fields)
+
+    def start_step(self, **row: Any) -> int:
+        return self._insert("steps", {"status": "running", "started": time.time(), **row})
+
+    def finish_step(self, step_id: int, status: str, exit_code: int | None, **fields: Any) -> None:
+        self._update("steps", step_id, {"status": status, "exit_code": exit_code, "ended": time.time(),
+                                         **fields})
+
+    def mark_abandoned(self) -> list[str]:
+        """Runs left ``running`` by a ralph that died (kill -9, power loss) become ``abandoned``."""
+        host = socket.gethostname()
+        dead = [r["id"] for r in self._query(
+            "SELECT id, host, pid, pid_start FROM runs WHERE status = 'running'")
+            if r["host"] == host and not _pid_alive(r["pid"], r["pid_start"])]
+        for run_id in dead:
+            with self._tx() as db:
+                now = time.time()
+                db.execute("UPDATE steps SET status = 'abandoned', ended = ? WHERE run_id = ? AND "
+                           "status = 'running'", (now, run_id))
+                db.execute("UPDATE sessions SET status = 'abandoned', ended = ? WHERE run_id = ? AND "
+                           "status = 'running'", (now, run_id))
+                db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ?", (now, run_id))
+        return dead
+
+    # -- reads ----------------------------------------------------------------------------------
+    def sessions(self, loop: str | None = None, run: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        where, args = [], []
+        if loop:
+            where.append("loop = ?")
+            args.append(loop)
+        if run:
+            where.append("run_id = ?")
+            args.append(self.resolve_run(run)["id"])
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._query(f"SELECT * FROM sessions {clause} ORDER BY started DESC, rowid DESC LIMIT ?",  # noqa: S608
+                           (*args, limit))
+
+    def _resolve(self, table: str, ident: str) -> dict[str, Any] | None:
+        rows = self._query(f"SELECT * FROM {table} WHERE id >= ? AND id < ? LIMIT 2",  # noqa: S608
+                           (ident, ident + "\uffff"))
+        exact = [r for r in rows if r["id"] == ident]
+        if exact:
+            return exact[0]
+        if len(rows) > 1:
+            raise UsageError(f"{ident!r} matches more than one {table[:-1]}; give more of the ID")
+        return rows[0] if rows else None
+
+    def find_session(self, ident: str) -> dict[str, Any] | None:
+        return self._resolve("sessions", ident)
+
+    def resolve_session(self, ident: str) -> dict[str, Any]:
+        row = self.find_session(ident)
+        if row is None:
+            raise UsageError(f"no session {ident!r} in {self.path}")
+        return row
+
+    def find_run(self, ident: str) -> dict[str, Any] | None:
+        return self._resolve("runs", ident)
+
+    def resolve_run(self, ident: str) -> dict[str, Any]:
+        row = self.find_run(ident)
+        if row is None:
+            raise UsageError(f"no run {ident!r} in {self.path}")
+        return row
+
+    def newest_session(self) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM sessions ORDER BY started DESC, rowid DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def steps(self, session_id: str) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM steps WHERE session_id = ? ORDER BY id", (session_id,))
+
+    def run_sessions(self, run_id: str) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM sessions WHERE run_id = ? ORDER BY started, rowid", (run_id,))
+
+    def unfinished_run(self, loop: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM runs WHERE loop = ? AND status IN ('abandoned', 'interrupted', "
+                           "'running') ORDER BY started DESC LIMIT 1", (loop,))
+        return rows[0] if rows else None
