@@ -14,7 +14,8 @@ PY = sys.executable
 
 # A child that writes its whole env as JSON to $ENV_DUMP_DIR/<step>-<iteration>-<attempt>.json.
 DUMP_ENV = [PY, "-c", (
-    "import json, os, pathlib; e = dict(os.environ); "
+    "import json, os, pathlib, sys; e = dict(os.environ); e['__cwd__'] = os.getcwd(); "
+    "e['__stdin__'] = sys.stdin.read() if sys.stdin else ''; "
     "d = pathlib.Path(e['ENV_DUMP_DIR']); d.mkdir(parents=True, exist_ok=True); "
     "(d / f\"{e['RALPH_STEP']}-{e.get('RALPH_ITEM') or '-'}-{e['RALPH_ITERATION']}-{e['RALPH_ATTEMPT']}.json\")"
     ".write_text(json.dumps(e))"

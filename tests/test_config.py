@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import ralph
+from ralph.config import parse_duration, unknown_placeholders
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("250ms", 0.25), (45, 45), ("1.5h", 5400),
+    ("2m30s", 150),
+])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "m", "1d", "-1s", "0s", "1h1h", True, None, [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_placeholders() -> None:
+    assert unknown_placeholders("{loop} {iteration} {item} {run_id} {date}") == []
+    assert unknown_placeholders("{x} {{iteration}} { y } {}") == ["x"]
+
+
+def test_schema_is_json_schema_of_the_loop_file() -> None:
+    result = ralph("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert {"name", "title", "workdir", "env", "agent", "steps", "until", "batch"} <= set(schema["properties"])
+    assert schema["required"] == ["name", "agent"]
+
+
+def test_init_writes_a_loop_that_validates_and_runs(tmp_path) -> None:
+    result = ralph("init", "starter", "--name", "starter")
+    assert result.returncode == 0, result.stderr
+    assert ralph("validate", "starter/ralph.yaml").returncode == 0
+    assert ralph("init", "starter").returncode == 2  # no silent overwrite
+    run = ralph("run", "starter/ralph.yaml")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_version() -> None:
+    from ralph import __version__
+
+    result = ralph("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"ralph {__version__}"

@@ -1,0 +1,29 @@
+"""The README's first command: the demo loop runs on a fresh machine with no LLM and no server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from helpers import ROOT, ralph
+
+
+def test_demo_loop_runs_to_its_promise(tmp_path: Path, isolated: Path) -> None:
+    result = ralph("run", str(ROOT / "loops" / "demo.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("── iteration") == 3
+    assert "all tests pass <promise>COMPLETE</promise>" in result.stdout
+    sessions = json.loads(ralph("sessions", "--json").stdout)
+    assert [s["status"] for s in sessions] == ["complete", "ok", "ok"]
+    log = (isolated / "iterations.log").read_text().splitlines()
+    assert log == [f"Running in session: Fix failing tests #{s['iteration']} ({s['id']})" for s in reversed(sessions)]
+    assert not re.search(r"Running in session:  \(\)", "\n".join(log))
+
+
+def test_python_dash_m_works() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ralph", "--help"], capture_output=True, text=True, check=True)
+    assert "run" in out.stdout and "sessions" in out.stdout
