@@ -203,12 +203,15 @@ class ItemLoop:
         retrying = Retrying(
             stop=stop_after_attempt(retry.attempts),
             wait=wait_exponential_jitter(initial=retry.backoff, max=retry.max_backoff, jitter=retry.backoff / 2),
-            retry=retry_if_result(should_retry), sleep=self.sv.cancel.wait, before_sleep=before_sleep,
+            retry=retry_if_result(should_retry), sleep=self._sleep, before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else attempts[-1],
         )
         return retrying(attempt)
 
     _retry_hit: str | None = None
+
+    def _sleep(self, seconds: float) -> None:
+        self.sv.cancel.wait(seconds)  # an interrupt cuts the backoff short
 
     def _agent_attempt(self, session: Session, span: Span, prompt: str | None, number: int, until: StreamMatcher,
                        report: AgentReport, deadline: float | None) -> AgentResult:
@@ -269,7 +272,8 @@ def _exit_status(results: list[LoopResult], cancel: CancelToken) -> tuple[str, i
         why = results[0].reason if len(results) == 1 else f"all {len(results)} items succeeded"
         return "complete" if all(r.status == "complete" for r in results) else "ok", EXIT_OK, why
     if len(results) == 1:
-        return failed[0].status, EXIT_FAILED, failed[0].reason
+        item = f"item {failed[0].item}: " if failed[0].item is not None else ""
+        return failed[0].status, EXIT_FAILED, item + failed[0].reason
     names = ", ".join(f"{r.item} ({r.reason})" for r in failed)
     return "failed", EXIT_FAILED, f"{len(failed)} of {len(results)} items did not succeed: {names}"
 
@@ -278,14 +282,18 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
     """Run a validated loop to its end and return the exit code."""
     preset = get_preset(spec.config.agent.preset)
     binary = preset.binary(spec)  # a missing agent is a usage error, before anything is written
-    items = batching.resolve_items(spec, options.items, options.shard) if spec.config.batch else [None]
+    items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
+                               else [None])
     state_dir = ensure_dir(options.state_dir)
     store = Store(state_dir)
     store.mark_abandoned()
     run_id = new_run_id()
     tel = telemetry.setup(state_dir, spec.config.telemetry)
+    batch_id = batching.batch_id(spec.name) if spec.config.batch else None
+    if batch_id is not None:  # every shard's run, iteration and step spans: one batch in the backend
+        tel = batching.TaggedTelemetry(tel, {"ralph.batch": batch_id})
     runlog = RunLog(run_id, state_dir / "logs" / run_id / "ralph.jsonl")
-    console = console or make_console(options.json, options.quiet)
+    console = console or make_console(options.json, options.quiet, batch=batch_id is not None)
     for warning in tel.warnings:
         console.warn(warning)
     inbound = {k: os.environ[k] for k in ("TRACEPARENT", "TRACESTATE") if os.environ.get(k)}
@@ -293,7 +301,8 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
         with handle_signals() as cancel:
             run_span = tel.span("ralph.run", {"ralph.run_id": run_id, "ralph.loop": spec.name}, carrier=inbound)
             store.start_run(run_id, spec.name, str(spec.path.resolve()), trace_id=run_span.trace_id or None,
-                            span_id=run_span.span_id or None)
+                            span_id=run_span.span_id or None, batch=batch_id,
+                            shard="/".join(map(str, options.shard)) if options.shard else None)
             console.run_start(run_id, spec.name, str(spec.path))
             runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
             sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
@@ -320,7 +329,13 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
 def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
                binary: str | None, items: list[str | None]) -> list[LoopResult]:
     def one(item: str | None) -> LoopResult:
-        return ItemLoop(spec, options, sv, run_span, preset, binary, item).run()
+        result = ItemLoop(spec, options, sv, run_span, preset, binary, item).run()
+        if item is not None:
+            sv.console.item_end(item, result.status, result.reason, result.iterations)
+        return result
+
+    if spec.config.batch:
+        sv.console.batch_start([i for i in items if i is not None])
 
     parallel = spec.config.batch.parallel if spec.config.batch else 1
     if parallel <= 1 or len(items) <= 1:

@@ -7,8 +7,10 @@ from their env, or be stopped before the test ends."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -57,14 +59,10 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fi
     for _ in range(50):  # a child that was just killed may take a moment to go
         if not survivors:
             break
-        import time
-
         time.sleep(0.05)
         survivors = _processes_with(marker)
     for pid in survivors:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
     if survivors and not request.node.get_closest_marker("allow_survivors"):
         pytest.fail(f"processes of this test survived it: {survivors}")

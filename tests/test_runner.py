@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from helpers import DUMP_ENV, PY, ralph, read_dumps, write_loop, yaml_list
+
 from ralph.session import SESSION_ID_RE
 
 SESSION_VARS = {
@@ -32,7 +32,7 @@ def test_exact_env_of_before_agent_after_and_check(tmp_path: Path, isolated: Pat
     dumps = tmp_path / "dumps"
     (tmp_path / "work").mkdir()
     dump = yaml_list(DUMP_ENV)
-    fail_check = yaml_list(DUMP_ENV[:2] + [DUMP_ENV[2] + "; raise SystemExit(1)"])
+    fail_check = yaml_list([*DUMP_ENV[:2], DUMP_ENV[2] + "; raise SystemExit(1)"])
     loop = write_loop(tmp_path, f"""
         name: env-check
         title: "Fix {{loop}} #{{iteration}} $(touch pwned) `id` 'q' \\"dq\\" ü"
@@ -64,7 +64,7 @@ def test_exact_env_of_before_agent_after_and_check(tmp_path: Path, isolated: Pat
         parents = set()
         for step in ("prep", "agent", "report", "check"):
             env = seen[f"{step}---{i}-1"]
-            assert SESSION_VARS <= set(env), step
+            assert set(env) >= SESSION_VARS, step
             assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == sid
             assert env["OPENCODE_SESSION_TITLE"] == env["RALPH_SESSION_TITLE"] == title
             assert env["RALPH_RUN_ID"] == runs[0]["id"]
@@ -243,7 +243,7 @@ def test_console_output_is_prefixed_with_a_header_per_iteration(tmp_path: Path, 
     lines = result.stdout.splitlines()
     assert f"── iteration 1 · {ids[0]} · T 1" in lines
     assert f"── iteration 2 · {ids[1]} · T 2" in lines
-    assert ["[2 agent] one", "[2 agent] two", "[2 agent] err"] == [ln for ln in lines if ln.startswith("[2 agent] ")][:3]
+    assert [ln for ln in lines if ln.startswith("[2 agent] ")][:3] == ["[2 agent] one", "[2 agent] two", "[2 agent] err"]
     quiet = ralph("run", str(loop), "--quiet")
     assert quiet.returncode == 0 and "one" not in quiet.stdout
 
