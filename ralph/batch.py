@@ -1,14 +1,26 @@
 """Batch items: from the file, a file of lines, or a command's output; filtered by --item and split
-into stable shards so N hosts can share one batch without talking to each other."""
+into stable shards so N hosts can share one batch without talking to each other.
+
+Every span of a batch run carries ``ralph.batch``: ``$RALPH_BATCH_ID`` when set, else
+``<loop>-<UTC date>``, so N cron hosts or CI shards started the same night agree on it with no
+coordination and a tracing backend can show the batch whole.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from ralph.errors import ConfigError, UsageError
 from ralph.loader import LoopSpec, resolve_relative
 from ralph.process import shell_argv
+from ralph.telemetry import Span, Telemetry
+
+BATCH_ID_ENV = "RALPH_BATCH_ID"
 
 
 def _lines(text: str) -> list[str]:
@@ -33,8 +45,9 @@ def load_items(spec: LoopSpec) -> list[str]:
             raise ConfigError(f"cannot read items_file {path}: {exc}", spec.path, key="batch.items_file") from None
     else:
         assert batch.items_command is not None
-        proc = subprocess.run(shell_argv(batch.items_command), cwd=spec.workdir, capture_output=True,
-                              timeout=600, check=False)
+        env = {**os.environ, **spec.config.env}
+        proc = subprocess.run(shell_argv(batch.items_command), cwd=spec.workdir, env=env, capture_output=True,
+                              timeout=600, check=False, start_new_session=True)
         if proc.returncode != 0:
             raise ConfigError(f"items_command exited with {proc.returncode}: "
                               f"{proc.stderr.decode('utf-8', 'replace').strip()[:500]}",
@@ -48,10 +61,19 @@ def load_items(spec: LoopSpec) -> list[str]:
     return unique
 
 
-def shard_of(item: str, count: int) -> int:
-    """1-based shard of an item: a hash of the item alone, so every host agrees without coordination."""
-    digest = hashlib.sha256(item.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count + 1
+def _rank_key(item: str) -> tuple[bytes, str]:
+    return hashlib.sha256(item.encode("utf-8")).digest(), item
+
+
+def shard_items(items: list[str], index: int, count: int) -> list[str]:
+    """The ``index``-th (1-based) of ``count`` shards, in the items' own order.
+
+    The items are ranked by a SHA-256 of each and dealt round-robin, so shards differ in size by at
+    most one and every host that sees the same item list computes the same split, with no
+    coordination (a plain ``hash % N`` can leave a small batch all on one host)."""
+    ranked = sorted(items, key=_rank_key)
+    mine = set(ranked[index - 1::count])
+    return [i for i in items if i in mine]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -66,11 +88,41 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def resolve_items(spec: LoopSpec, only: tuple[str, ...], shard: tuple[int, int] | None) -> list[str | None]:
     items = load_items(spec)
+    unknown = [i for i in only if i not in items]
+    if unknown:
+        raise UsageError(f"--item {unknown[0]!r} is not an item of this batch")
+    if shard is not None:  # of the whole list, so --item cannot move an item to another shard
+        items = shard_items(items, *shard)
     if only:
-        unknown = [i for i in only if i not in items]
-        if unknown:
-            raise UsageError(f"--item {unknown[0]!r} is not an item of this batch")
         items = [i for i in items if i in only]
-    if shard is not None:
-        items = [i for i in items if shard_of(i, shard[1]) == shard[0]]
     return list(items)
+
+
+def batch_id(loop: str, env: Mapping[str, str] | None = None) -> str:
+    """What every shard of one batch calls it: ``$RALPH_BATCH_ID``, else the loop and today's UTC date."""
+    env = os.environ if env is None else env
+    given = (env.get(BATCH_ID_ENV) or "").strip()
+    return given or f"{loop}-{datetime.now(UTC).date().isoformat()}"
+
+
+class TaggedTelemetry(Telemetry):
+    """Every span it makes (run, iteration, step) carries ``attributes`` too."""
+
+    def __init__(self, inner: Telemetry, attributes: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.inner, self.attributes = inner, dict(attributes)
+        self.warnings = inner.warnings
+
+    @property
+    def enabled(self) -> bool:  # type: ignore[override]
+        return self.inner.enabled
+
+    def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
+             carrier: Mapping[str, str] | None = None) -> Span:
+        return self.inner.span(name, {**self.attributes, **attributes}, parent, carrier)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def __getattr__(self, name: str) -> Any:  # whatever else the tracer grows
+        return getattr(self.inner, name)

@@ -97,7 +97,7 @@ def sessions(
     """Session history, newest first."""
     from ralph import views
 
-    _finish(guard(lambda: views.sessions(_state(state_dir), loop, run_id, limit, json_out)))
+    _finish(guard(lambda: views.sessions(_state(state_dir), loop, run_id, limit, json_out), lambda: _state(state_dir)))
 
 
 @app.command()
@@ -109,7 +109,7 @@ def show(
     """A session or run: steps, exit codes, durations, trace, span tree."""
     from ralph import views
 
-    _finish(guard(lambda: views.show(_state(state_dir), ident, json_out)))
+    _finish(guard(lambda: views.show(_state(state_dir), ident, json_out), lambda: _state(state_dir)))
 
 
 @app.command()
@@ -122,11 +122,11 @@ def logs(
     """What the session's children printed."""
     from ralph import views
 
-    _finish(guard(lambda: views.logs(_state(state_dir), session, step, follow)))
+    _finish(guard(lambda: views.logs(_state(state_dir), session, step, follow), lambda: _state(state_dir)))
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
-def exec(  # noqa: A001 - the command's name
+def exec(
     command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="The command and its arguments.")],
     session: SessionOpt = None,
     state_dir: StateDir = None,
@@ -134,7 +134,8 @@ def exec(  # noqa: A001 - the command's name
     """Run CMD in that session's env, recorded as a step of it."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.exec_command(_state(state_dir), session, tuple(command))))
+    _finish(guard(lambda: sessiontools.exec_command(_state(state_dir), session, tuple(command)),
+                  lambda: _state(state_dir)))
 
 
 @app.command()
@@ -142,7 +143,7 @@ def shell(session: SessionOpt = None, state_dir: StateDir = None) -> None:
     """An interactive $SHELL in that session's env."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.shell(_state(state_dir), session)))
+    _finish(guard(lambda: sessiontools.shell(_state(state_dir), session), lambda: _state(state_dir)))
 
 
 @app.command()
@@ -154,7 +155,7 @@ def env(
     """The session env, for eval "$(ralph env)"."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.print_env(_state(state_dir), session, fmt)))
+    _finish(guard(lambda: sessiontools.print_env(_state(state_dir), session, fmt), lambda: _state(state_dir)))
 
 
 @app.command()

@@ -21,14 +21,15 @@ class LineSplitter:
         self.pending = b""
 
     def feed(self, data: bytes) -> list[bytes]:
-        if self.pending:
+        if data.rfind(b"\n") < 0:
             data = self.pending + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
             self.pending = b"" if len(data) > MAX_PENDING else data
             return [data] if not self.pending else []
-        lines = data[:cut].split(b"\n")
-        self.pending = data[cut + 1:]
+        # One split, no copy of the whole chunk: only the first line is glued to what was pending.
+        lines = data.split(b"\n")
+        if self.pending:
+            lines[0] = self.pending + lines[0]
+        self.pending = lines.pop()
         if len(self.pending) > MAX_PENDING:
             lines.append(self.pending)
             self.pending = b""
@@ -55,7 +56,8 @@ class Console:
 
     def _print(self, text: str) -> None:
         with self._lock:
-            self.out.write(text + "\n")
+            self.out.write(text)  # not text + "\n": a megabyte copy per chunk of mirrored output
+            self.out.write("\n")
             self.out.flush()
 
     def warn(self, message: str) -> None:
@@ -74,7 +76,14 @@ class Console:
         if self.quiet or not lines:
             return
         prefix = _label(session, step) + " "
-        text = "\n".join(prefix + line.decode("utf-8", "replace").rstrip("\r") for line in lines)
+        raw = b"\n".join(lines)
+        if b"\r" not in raw and raw.count(b"\n") == len(lines) - 1:
+            # The usual case (plain lines, no CR): prefix and decode the whole chunk at C speed. The
+            # same text as line by line: a newline byte never sits inside a UTF-8 sequence.
+            mark = prefix.encode()
+            text = (mark + raw.replace(b"\n", b"\n" + mark)).decode("utf-8", "replace")
+        else:
+            text = "\n".join(prefix + line.decode("utf-8", "replace").rstrip("\r") for line in lines)
         self._print(text)
 
     def step_end(self, session: Session, step: str, status: str, exit_code: int | None, duration: float,
@@ -89,7 +98,14 @@ class Console:
         self._print(f"{_label(session, step)} retrying in {seconds:.1f}s (attempt {attempt + 1})")
 
     def iteration_end(self, session: Session, status: str, detail: str = "") -> None:
-        self._print(f"   iteration {session.iteration} {status}{' · ' + detail if detail else ''}")
+        item = f" [{session.item}]" if session.item else ""
+        self._print(f"   iteration {session.iteration}{item} {status}{' · ' + detail if detail else ''}")
+
+    def batch_start(self, items: list[str]) -> None:
+        """The items this run will work on, before the first starts."""
+
+    def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
+        self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)")
 
     def run_end(self, run_id: str, status: str, exit_code: int, detail: str) -> None:
         self._print(f"ralph: {status}: {detail} (exit {exit_code})")
@@ -167,6 +183,12 @@ class JsonConsole(Console):
     def iteration_end(self, session: Session, status: str, detail: str = "") -> None:
         self._event("iteration.end", **_ids(session), status=status, detail=detail)
 
+    def batch_start(self, items: list[str]) -> None:
+        self._event("batch.start", items=items)
+
+    def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
+        self._event("item.end", item=item, status=status, reason=reason, iterations=iterations)
+
     def run_end(self, run_id: str, status: str, exit_code: int, detail: str) -> None:
         self._event("run.end", run_id=run_id, status=status, exit_code=exit_code, detail=detail)
 
@@ -176,9 +198,13 @@ def _ids(session: Session) -> dict[str, Any]:
             "item": session.item}
 
 
-def make_console(json_mode: bool, quiet: bool) -> Console:
+def make_console(json_mode: bool, quiet: bool, batch: bool = False) -> Console:
     if json_mode:
         return JsonConsole(quiet)
     if sys.stdout.isatty():
+        if batch:  # a live table of the items instead of one status line
+            from ralph.dashboard import BatchConsole
+
+            return BatchConsole(quiet)
         return RichConsole(quiet)
     return Console(quiet)

@@ -148,6 +148,10 @@ def logs(state_dir: Path, ident: str, step: str | None, follow: bool = False) ->
     store = Store(state_dir, create=False)
     try:
         session = store.resolve_session(ident)
+        if follow:  # prints what is there, then keeps up (a named step may not have started yet)
+            from ralph.follow import follow as follow_session
+
+            return follow_session(store, session["id"], step)
         steps = [s for s in store.steps(session["id"]) if step is None or s["name"] == step]
         if step is not None and not steps:
             raise UsageError(f"session {session['id']} has no step {step!r}")
@@ -162,10 +166,6 @@ def logs(state_dir: Path, ident: str, step: str | None, follow: bool = False) ->
                     while chunk := fh.read(1 << 20):
                         out.write(chunk)
         out.flush()
-        if follow:
-            from ralph.follow import follow as follow_session
-
-            return follow_session(store, session["id"], step, {s["id"]: Path(s["log_path"]) for s in steps})
     finally:
         store.close()
     return 0
