@@ -33,11 +33,12 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any
 
-__all__ = ["ScriptedLLM", "Turn", "text", "tool_call", "bash", "error", "is_title_request"]
+__all__ = ["ScriptedLLM", "Turn", "bash", "error", "is_title_request", "text", "tool_call"]
 
 
 @dataclass
@@ -51,7 +52,6 @@ class Turn:
     delay: float = 0.0  # seconds to wait before answering (to test timeouts)
     status: int = 200  # non-200: answer with an OpenAI-style error body instead
     error: str = ""
-
 
 
 def text(content: str, **kw: Any) -> Turn:
@@ -133,7 +133,7 @@ class ScriptedLLM:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self) -> "ScriptedLLM":
+    def start(self) -> ScriptedLLM:
         owner = self
 
         class Handler(_Handler):
@@ -151,7 +151,7 @@ class ScriptedLLM:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "ScriptedLLM":
+    def __enter__(self) -> ScriptedLLM:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -269,8 +269,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
 
         chunk({"role": "assistant", "content": ""})
-        if turn.text:
-            chunk({"content": turn.text})
+        for i in range(0, len(turn.text), 16):  # several deltas, like a real model
+            chunk({"content": turn.text[i : i + 16]})
         for i, (name, args) in enumerate(turn.tool_calls):
             chunk(
                 {
