@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import DUMP_ENV, PY, ralph, read_dumps, write_loop, yaml_list
 
+from helpers import DUMP_ENV, PY, ralph, read_dumps, write_loop, yaml_list
 from ralph.session import SESSION_ID_RE
 
 SESSION_VARS = {
