@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -190,12 +198,17 @@ class Batch(Model):
 class Telemetry(Model):
     """Defaults for the standard ``OTEL_*`` variables, which win when set."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: no spans, metrics or logs at all (like OTEL_SDK_DISABLED)")
     exporter: str | None = Field(None, description="like OTEL_TRACES_EXPORTER: otlp, console, none")
+    metrics_exporter: str | None = Field(None, description="like OTEL_METRICS_EXPORTER: otlp, console, none")
+    logs_exporter: str | None = Field(None, description="like OTEL_LOGS_EXPORTER: otlp, console, none")
     endpoint: str | None = Field(None, description="like OTEL_EXPORTER_OTLP_ENDPOINT")
-    protocol: Literal["http/protobuf", "grpc", "http/json"] | None = None
-    service_name: str | None = None
+    protocol: Literal["http/protobuf", "grpc"] | None = Field(None, description="like OTEL_EXPORTER_OTLP_PROTOCOL")
+    service_name: str | None = Field(None, description="like OTEL_SERVICE_NAME (default: ralph)")
     file: bool = Field(True, description="write traces.jsonl in the state folder")
+    trace_per: Literal["run", "session"] = Field(
+        "run", description="run: one trace per run; session: each iteration roots its own trace, linked to "
+        "the run's (for backends such as Phoenix that group one trace into one session)")
 
 
 class LoopFile(Model):

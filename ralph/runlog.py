@@ -1,14 +1,19 @@
 """The runner's own log records: ``logs/<run_id>/ralph.jsonl``, each labelled with the run, session,
-iteration and the trace and span it belongs to. Records go through stdlib ``logging`` so other
-handlers (an OTel log exporter) can see them too."""
+iteration and the trace and span it belongs to.
+
+Records go through stdlib ``logging``: a run's logger (``ralph.run.<run_id>``) writes the JSON lines
+and passes each record up to ``ralph.run``, where telemetry hangs an OpenTelemetry log handler when
+logs are exported (``OtelBridge``). Each record is logged with its span current, so that handler
+stamps it with the same trace and span IDs as the JSON line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
-
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,28 @@ from ralph.session import Session
 from ralph.telemetry import Span
 
 LOGGER = "ralph.run"
+
+_parent = logging.getLogger(LOGGER)
+_parent.propagate = False  # ralph's records never reach the root logger (and so never the terminal)
+if not _parent.handlers:
+    _parent.addHandler(logging.NullHandler())
+
+# JSON field -> OTel log attribute (semantic-convention names where there are some).
+_OTEL_NAMES = {
+    "session_id": "session.id", "title": "session.title", "run_id": "ralph.run_id",
+    "iteration": "ralph.iteration", "item": "ralph.item", "step": "ralph.step.name",
+    "attempt": "ralph.attempt", "exit_code": "process.exit.code",
+}
+_NOT_ATTRIBUTES = {"trace_id", "span_id"}  # the OTel record carries its own trace context
+
+
+def otel_attributes(fields: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None or key in _NOT_ATTRIBUTES:
+            continue
+        out[_OTEL_NAMES.get(key, f"ralph.{key}")] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
 
 
 class JsonlHandler(logging.Handler):
@@ -40,11 +67,33 @@ class JsonlHandler(logging.Handler):
         super().close()
 
 
+class OtelBridge(logging.Handler):
+    """Hands records to OpenTelemetry's ``LoggingHandler`` with flat attributes (``session.id``,
+    ``ralph.iteration``...) instead of the nested ``ralph`` dict the JSON lines are built from."""
+
+    def __init__(self, inner: logging.Handler) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def emit(self, record: logging.LogRecord) -> None:
+        data = {k: v for k, v in record.__dict__.items() if k != "ralph"}
+        data.update(otel_attributes(getattr(record, "ralph", {})))
+        self.inner.emit(logging.makeLogRecord(data))
+
+
+def attach(handler: logging.Handler) -> None:
+    _parent.addHandler(handler)
+
+
+def detach(handler: logging.Handler) -> None:
+    _parent.removeHandler(handler)
+
+
 class RunLog:
     def __init__(self, run_id: str, path: Path | None) -> None:
         self.run_id = run_id
         self.logger = logging.getLogger(f"{LOGGER}.{run_id}")
-        self.logger.propagate = False
+        self.logger.propagate = True  # up to ``ralph.run``: the OTel handler, when there is one
         self.logger.setLevel(logging.DEBUG)
         self._handler = JsonlHandler(path) if path else None
         if self._handler:
@@ -62,7 +111,8 @@ class RunLog:
         ctx["trace_id"] = span.trace_id if span and span.trace_id else None
         ctx["span_id"] = span.span_id if span and span.span_id else None
         ctx.update(fields)
-        self.logger.log(level, message, extra={"ralph": ctx, "session.id": ctx["session_id"]})
+        with span.activate() if span is not None else contextlib.nullcontext():
+            self.logger.log(level, message, extra={"ralph": ctx})
 
     def info(self, message: str, session: Session | None = None, span: Span | None = None, **fields: Any) -> None:
         self.log(logging.INFO, message, session, span, **fields)
@@ -75,5 +125,3 @@ class RunLog:
         for handler in list(self.logger.handlers):
             self.logger.removeHandler(handler)
             handler.close()
-
-

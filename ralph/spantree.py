@@ -1,11 +1,16 @@
-"""The span tree of a run or session, read back from ``traces.jsonl`` (OTLP JSON lines)."""
+"""The span tree of a run or session, read back from ``traces.jsonl`` (OTLP JSON lines), so ``ralph
+show`` can draw it with no tracing backend at all."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Iterator
+import mmap
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _value(v: dict[str, Any]) -> Any:
@@ -23,22 +28,43 @@ def _hex(value: str) -> str:
     """The JSON file exporter writes IDs as hex; tolerate base64 from other OTLP/JSON writers."""
     if value and all(c in "0123456789abcdefABCDEF" for c in value):
         return value.lower()
-    import base64
-
     try:
-        return base64.b64decode(value).hex()
-    except ValueError:
+        return base64.b64decode(value, validate=True).hex()
+    except (ValueError, binascii.Error):
         return value
 
 
-def read_spans(path: Path, trace_id: str) -> Iterator[dict[str, Any]]:
-    if not path.exists():
+def _status(span: dict[str, Any]) -> str:
+    code = (span.get("status") or {}).get("code")
+    return {2: "error", "STATUS_CODE_ERROR": "error", 1: "ok", "STATUS_CODE_OK": "ok"}.get(code, "unset")
+
+
+def _lines_with(fh: BinaryIO, needles: list[bytes]) -> Iterator[bytes]:
+    """The lines holding any needle, in file order. The mapped file is searched with ``find`` (C speed,
+    no Python per line), so ``ralph show`` stays quick however big traces.jsonl grows."""
+    size = os.fstat(fh.fileno()).st_size
+    if size == 0:
         return
-    needle = trace_id.encode()
+    with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+        hits = {n: mm.find(n) for n in needles}  # each needle's next hit: the file is searched once per needle
+        while (live := [h for h in hits.values() if h >= 0]):
+            start = mm.rfind(b"\n", 0, min(live)) + 1
+            end = mm.find(b"\n", start)
+            end = size if end < 0 else end + 1
+            yield mm[start:end]
+            for n, h in hits.items():
+                if 0 <= h < end:
+                    hits[n] = mm.find(n, end)
+
+
+def read_spans(path: Path, trace_ids: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Every span of these traces in the file, as plain dicts with hex IDs and seconds."""
+    wanted = {t for t in trace_ids if t}
+    if not wanted or not path.exists():
+        return
+    needles = [t.encode() for t in wanted]
     with path.open("rb") as fh:
-        for line in fh:
-            if needle not in line:  # cheap filter before parsing: most lines are other runs
-                continue
+        for line in _lines_with(fh, needles):  # most lines are other runs: never parse those
             try:
                 doc = json.loads(line)
             except ValueError:
@@ -46,30 +72,32 @@ def read_spans(path: Path, trace_id: str) -> Iterator[dict[str, Any]]:
             for rs in doc.get("resourceSpans", []):
                 for ss in rs.get("scopeSpans", []):
                     for span in ss.get("spans", []):
-                        if _hex(span.get("traceId", "")) != trace_id:
+                        trace_id = _hex(span.get("traceId", ""))
+                        if trace_id not in wanted:
                             continue
                         yield {
                             "name": span.get("name"),
                             "trace_id": trace_id,
                             "span_id": _hex(span.get("spanId", "")),
                             "parent_id": _hex(span.get("parentSpanId", "")) or None,
+                            "links": [_hex(link.get("spanId", "")) for link in span.get("links", [])],
                             "start": int(span.get("startTimeUnixNano", 0)) / 1e9,
                             "end": int(span.get("endTimeUnixNano", 0)) / 1e9,
-                            "status": (span.get("status") or {}).get("code"),
+                            "status": _status(span),
+                            "status_message": (span.get("status") or {}).get("message") or None,
                             "attributes": {a["key"]: _value(a.get("value", {})) for a in span.get("attributes", [])},
                         }
 
 
 def for_record(state_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Spans of a run (its whole trace) or of a session (its iteration span and below)."""
-    trace_id = record.get("trace_id")
-    if not trace_id:
-        return []
-    spans = list(read_spans(state_dir / "traces.jsonl", trace_id))
+    """Spans of a run (its trace, and its sessions' own traces when each iteration roots one) or of a
+    session (its iteration span and everything below it)."""
+    trace_ids = [record.get("trace_id") or ""]
+    trace_ids += [s.get("trace_id") or "" for s in record.get("sessions", [])]
+    spans = list(read_spans(state_dir / "traces.jsonl", trace_ids))
     if record.get("kind") != "session":
-        return spans
-    root = record.get("span_id")
-    keep = {root}
+        return sorted(spans, key=lambda s: s["start"])
+    keep = {record.get("span_id")}
     changed = True
     while changed:
         changed = False
@@ -77,32 +105,46 @@ def for_record(state_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
             if s["parent_id"] in keep and s["span_id"] not in keep:
                 keep.add(s["span_id"])
                 changed = True
-    return [s for s in spans if s["span_id"] in keep]
+    return sorted((s for s in spans if s["span_id"] in keep), key=lambda s: s["start"])
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def _label(s: dict[str, Any]) -> str:
+    a = s["attributes"]
+    parts = [s["name"]]
+    if s["name"] == "ralph.run":
+        parts += [str(a.get("ralph.loop", "")), str(a.get("ralph.run_id", ""))]
+    elif s["name"] == "ralph.iteration":
+        parts += [f"#{a.get('ralph.iteration')}", str(a.get("session.id", ""))]
+    elif s["name"] == "ralph.step":
+        step = f"{a.get('ralph.step.kind')}:{a.get('ralph.step.name')}"
+        parts.append(step if a.get("ralph.attempt", 1) == 1 else f"{step} attempt {a.get('ralph.attempt')}")
+    if "ralph.outcome" in a:
+        parts.append(str(a["ralph.outcome"]))
+    if "process.exit.code" in a:
+        parts.append(f"exit={a['process.exit.code']}")
+    if s["status"] == "error":
+        parts.append(f"ERROR({a['error.type']})" if "error.type" in a else "ERROR")
+    return " ".join(p for p in parts if p)
 
 
 def render(spans: list[dict[str, Any]]) -> list[str]:
-    by_parent: dict[str | None, list[dict[str, Any]]] = {}
+    """One line per span, indented under its parent (or, for an iteration that roots its own trace,
+    under the run span it links to): name, what it was, exit code, duration."""
     ids = {s["span_id"] for s in spans}
+    by_parent: dict[str | None, list[dict[str, Any]]] = {}
     for s in spans:
-        parent = s["parent_id"] if s["parent_id"] in ids else None
+        parent = s["parent_id"] if s["parent_id"] in ids else next((x for x in s["links"] if x in ids), None)
         by_parent.setdefault(parent, []).append(s)
     lines: list[str] = []
 
     def walk(parent: str | None, depth: int) -> None:
         for s in sorted(by_parent.get(parent, []), key=lambda x: x["start"]):
-            a = s["attributes"]
-            label = s["name"]
-            if s["name"] == "ralph.iteration":
-                label += f" #{a.get('ralph.iteration')} {a.get('session.id')}"
-            elif s["name"] == "ralph.step":
-                label += f" {a.get('ralph.step.kind')}:{a.get('ralph.step.name')}"
-                if a.get("ralph.attempt", 1) != 1:
-                    label += f" attempt {a.get('ralph.attempt')}"
-            if "process.exit.code" in a:
-                label += f" exit={a['process.exit.code']}"
-            if s.get("status") in ("STATUS_CODE_ERROR", 2):
-                label += " ERROR"
-            lines.append(f"{'  ' * depth}{label}  {max(0.0, s['end'] - s['start']) * 1000:.1f}ms")
+            lines.append(f"{'  ' * depth}{_label(s)}  {_duration(s['end'] - s['start'])}")
             walk(s["span_id"], depth + 1)
 
     walk(None, 0)

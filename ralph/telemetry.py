@@ -1,20 +1,29 @@
-"""Spans for runs, sessions and steps. OpenTelemetry is imported only when a run starts tracing.
+"""Spans for runs, sessions and steps, and the metrics and logs that go with them.
+OpenTelemetry is imported only when a run starts tracing.
 
-The embedded default writes OTLP JSON lines to ``traces.jsonl``; the standard ``OTEL_*`` variables
-(which the SDK does not read for exporter choice by itself) add OTLP or console export.
+One trace per run: ``ralph.run`` -> ``ralph.iteration`` (one per session) -> ``ralph.step`` (one per
+step attempt); an inbound ``TRACEPARENT`` makes ``ralph.run`` its child. With ``telemetry: {trace_per:
+session}`` each iteration roots its own trace instead, linked to ``ralph.run``: backends that file a
+whole trace under one session (Arize Phoenix) then list every session.
+
+The embedded default writes OTLP JSON lines to ``traces.jsonl``; ``ralph.exporters`` adds OTLP or
+console export from the standard ``OTEL_*`` variables or the loop file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ralph.config import Telemetry as TelemetryConfig
 
-EXPORT_TIMEOUT_S = 2.0  # a dead backend may cost a run this much, once, at the final flush
+FLUSH_BUDGET_S = 1.5  # the final flush waits for remote backends this long at most: with the OTLP
+# exporters' import, a dead endpoint then adds under 2 s to a run (benchmarks/bench_telemetry.py)
 
 
 def _truthy(value: str | None) -> bool:
@@ -37,13 +46,19 @@ class Span:
     def carrier(self) -> dict[str, str]:
         return {}
 
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
+        """Make this the current span (log records and metric exemplars pick it up)."""
+        return contextlib.nullcontext()
+
     def end(self, error: str | None = None, description: str | None = None) -> None:
         pass
 
 
 class _OtelSpan(Span):
-    def __init__(self, span: Any) -> None:
-        self._span = span
+    def __init__(self, span: Any, name: str, attributes: Mapping[str, Any], metrics: Any) -> None:
+        self._span, self._name, self._metrics = span, name, metrics
+        self._attributes = dict(attributes)  # also when not sampled: metrics still need them
+        self._started = time.monotonic()
         ctx = span.get_span_context()
         self.trace_id = format(ctx.trace_id, "032x")
         self.span_id = format(ctx.span_id, "016x")
@@ -51,6 +66,7 @@ class _OtelSpan(Span):
     def set(self, key: str, value: Any) -> None:
         if value is not None:
             self._span.set_attribute(key, value)
+            self._attributes[key] = value
 
     def carrier(self) -> dict[str, str]:
         from opentelemetry import trace
@@ -60,12 +76,21 @@ class _OtelSpan(Span):
         TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(self._span))
         return {k.upper(): v for k, v in carrier.items()}
 
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
+        from opentelemetry import trace
+
+        return trace.use_span(self._span, end_on_exit=False, record_exception=False,
+                              set_status_on_exception=False)
+
     def end(self, error: str | None = None, description: str | None = None) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         if error:
-            self._span.set_attribute("error.type", error)
+            self.set("error.type", error)
             self._span.set_status(Status(StatusCode.ERROR, description or error))
+        if self._metrics is not None:
+            with self.activate(), contextlib.suppress(Exception):  # metrics must never fail a loop
+                self._metrics.span_ended(self._name, self._attributes, time.monotonic() - self._started)
         self._span.end()
 
     @property
@@ -93,60 +118,58 @@ class Telemetry:
 class _OtelTelemetry(Telemetry):
     enabled = True
 
-    def __init__(self, provider: Any) -> None:
+    def __init__(self, provider: Any, local: list[Callable[[], Any]], remote: list[Callable[[], Any]], metrics: Any,
+                 log_handler: Any, guard: Any, trace_per: str) -> None:
         super().__init__()
-        self._provider = provider
         self._tracer = provider.get_tracer("ralph")
+        self._local, self._remote, self._metrics = local, remote, metrics
+        self._log_handler, self.guard, self._trace_per = log_handler, guard, trace_per
+        self._closed = False
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
              carrier: Mapping[str, str] | None = None) -> Span:
+        from opentelemetry import context as otel_context
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        links = None
+        inherited: dict[str, Any] = {}
         if isinstance(parent, _OtelSpan):
-            context = trace.set_span_in_context(parent.otel)
+            if "ralph.loop" in parent._attributes:  # a metric label of the step spans below
+                inherited["ralph.loop"] = parent._attributes["ralph.loop"]
+            if name == "ralph.iteration" and self._trace_per == "session":
+                context, links = otel_context.Context(), [trace.Link(parent.otel.get_span_context())]
+            else:
+                context = trace.set_span_in_context(parent.otel)
         elif carrier:
             context = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in carrier.items()})
         else:
             context = None
         attrs = {k: v for k, v in attributes.items() if v is not None}
-        return _OtelSpan(self._tracer.start_span(name, context=context, attributes=attrs))
+        span = self._tracer.start_span(name, context=context, attributes=attrs, links=links)
+        return _OtelSpan(span, name, {**inherited, **attrs}, self._metrics)
 
     def shutdown(self) -> None:
-        self._provider.shutdown()
+        """Flush traces.jsonl first and fully; then every remote exporter at once, within a budget."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._log_handler is not None:
+            from ralph import runlog
 
-
-def _exporter_names(config: TelemetryConfig, env: Mapping[str, str]) -> list[str]:
-    raw = env.get("OTEL_TRACES_EXPORTER") or config.exporter
-    endpoint = _endpoint(config, env)
-    if raw is None:
-        return ["otlp"] if endpoint else []
-    return [n.strip().lower() for n in raw.split(",") if n.strip() and n.strip().lower() != "none"]
-
-
-def _endpoint(config: TelemetryConfig, env: Mapping[str, str]) -> str | None:
-    return env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or config.endpoint
-
-
-def _protocol(config: TelemetryConfig, env: Mapping[str, str]) -> str:
-    return (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or config.protocol or "http/protobuf").strip().lower()
-
-
-def _otlp_exporter(config: TelemetryConfig, env: Mapping[str, str]) -> Any:
-    protocol = _protocol(config, env)
-    explicit = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or config.endpoint
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter(endpoint=explicit or base, timeout=EXPORT_TIMEOUT_S)
-    if protocol not in ("http/protobuf", "http/json"):
-        raise ValueError(f"unsupported OTLP protocol {protocol!r}")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    endpoint = explicit or (base.rstrip("/") + "/v1/traces" if base else None)
-    return HttpExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S)
+            runlog.detach(self._log_handler)
+        for close in self._local:
+            close()
+        threads = [threading.Thread(target=close, name="ralph-telemetry-flush", daemon=True)
+                   for close in self._remote]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + FLUSH_BUDGET_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):  # a backend that never answers: leave it behind
+            where = ", ".join(sorted(self.guard.endpoints)) or "the backend"
+            self.guard.failed("telemetry", where, f"no answer within {FLUSH_BUDGET_S:g}s")
 
 
 def enabled(config: TelemetryConfig, env: Mapping[str, str] | None = None) -> bool:
@@ -154,36 +177,79 @@ def enabled(config: TelemetryConfig, env: Mapping[str, str] | None = None) -> bo
     return config.enabled and not _truthy(env.get("OTEL_SDK_DISABLED"))
 
 
-def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | None = None) -> Telemetry:
+def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | None = None,
+          warn: Callable[[str], None] | None = None) -> Telemetry:
+    """The run's telemetry. ``warn`` receives the one export-failure warning (default: stderr)."""
     env = os.environ if env is None else env
     if not enabled(config, env):
         return Telemetry()
+    from ralph import exporters
+    from ralph.exporters import EXPORT_TIMEOUT_S
+
+    notes: list[str] = []
+    guard = exporters.Guard(warn)
+    spans, metric_exporters, log_exporters = (exporters.build(signal, config, env, guard, notes)
+                                              for signal in exporters.SIGNALS)
+    if not (config.file or spans or metric_exporters or log_exporters):
+        tel = Telemetry()
+        tel.warnings = notes
+        return tel
+    exporters.quiet_sdk_logs()
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     service = env.get("OTEL_SERVICE_NAME") or config.service_name or "ralph"
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    warnings: list[str] = []
+    resource = Resource.create({"service.name": service})
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    local: list[Callable[[], Any]] = []  # flushed in order, fully: traces.jsonl must be complete
+    remote: list[Callable[[], Any]] = []  # flushed side by side, within a budget
     if config.file:
         from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 
-        path = state_dir / "traces.jsonl"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(state_dir / "traces.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         stream = os.fdopen(fd, "a", encoding="utf-8")
-        provider.add_span_processor(BatchSpanProcessor(FileSpanExporter(stream=stream), schedule_delay_millis=1000))
-    for name in _exporter_names(config, env):
-        try:
-            if name == "otlp":
-                exporter = _otlp_exporter(config, env)
-            elif name == "console":
-                exporter = ConsoleSpanExporter(out=sys.stderr)
-            else:
-                raise ValueError(f"unknown traces exporter {name!r}")
-        except (ValueError, ImportError) as exc:
-            warnings.append(f"telemetry: {exc}; spans go only to traces.jsonl")
-            continue
-        provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000)))
-    tel = _OtelTelemetry(provider)
-    tel.warnings = warnings
+        # At most 128 spans a line: encoding 512 at once grows the heap by MBs it never gives back.
+        processor = BatchSpanProcessor(FileSpanExporter(stream=stream), schedule_delay_millis=1000,
+                                       max_export_batch_size=128)
+        provider.add_span_processor(processor)
+        local += [processor.shutdown, stream.close]  # the exporter leaves the stream open
+    for exporter, is_remote in spans:
+        processor = BatchSpanProcessor(exporter, export_timeout_millis=EXPORT_TIMEOUT_S * 1000)
+        provider.add_span_processor(processor)
+        (remote if is_remote else local).append(processor.shutdown)
+    metrics = None
+    if metric_exporters:
+        from ralph import metrics as metrics_module
+
+        metrics, meter_provider = metrics_module.setup(resource, metric_exporters, EXPORT_TIMEOUT_S)
+        remote.append(meter_provider.shutdown)
+    log_handler = None
+    if log_exporters:
+        log_handler, logger_provider = _log_handler(resource, log_exporters)
+        remote.append(logger_provider.shutdown)
+    tel = _OtelTelemetry(provider, local, remote, metrics, log_handler, guard, config.trace_per)
+    tel.warnings = notes
     return tel
+
+
+def _log_handler(resource: Any, log_exporters: list[tuple[Any, bool]]) -> tuple[Any, Any]:
+    """OTel's logging handler on the ``ralph.run`` logger: every run log record also goes out as an
+    OTel log record, with ``session.id`` and the trace context of the span it was logged under."""
+    import warnings
+
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    from ralph import runlog
+    from ralph.exporters import EXPORT_TIMEOUT_S
+
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    for exporter, _remote in log_exporters:
+        provider.add_log_record_processor(
+            BatchLogRecordProcessor(exporter, export_timeout_millis=EXPORT_TIMEOUT_S * 1000))
+    with warnings.catch_warnings():  # deprecated in favour of a contrib package; still the SDK's own
+        warnings.simplefilter("ignore", DeprecationWarning)
+        handler = runlog.OtelBridge(LoggingHandler(logger_provider=provider))
+    runlog.attach(handler)
+    return handler, provider

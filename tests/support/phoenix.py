@@ -81,8 +81,10 @@ class PhoenixError(RuntimeError):
 
 # Variables that would change what the child Phoenix does if inherited from the test run:
 # its own configuration, an OpenTelemetry setup meant for the code under test, and the
-# Python environment of the test venv.
-_STRIPPED_PREFIXES = ("PHOENIX_", "OTEL_")
+# Python environment of the test venv. RALPH_* goes too: among them RALPH_TEST_MARK, by
+# which tests/conftest.py finds processes that outlive a test (Phoenix may, when a fixture
+# of wider scope owns it).
+_STRIPPED_PREFIXES = ("PHOENIX_", "OTEL_", "RALPH_")
 _STRIPPED_NAMES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
 
 # Phoenix settings for a private, offline, quiet instance (see docs/phoenix-notes.md).
