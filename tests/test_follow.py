@@ -126,7 +126,8 @@ def test_follow_stops_when_the_run_died(tmp_path: Path, isolated: Path) -> None:
     m = tmp_path / "started"
     agent = (
         "import os, pathlib, sys, time; "
-        "pathlib.Path(sys.argv[1]).write_text(f\"{os.environ['RALPH_SESSION_ID']} {os.getpid()}\"); "
+        "t = pathlib.Path(sys.argv[1] + '.tmp'); t.write_text(f\"{os.environ['RALPH_SESSION_ID']} {os.getpid()}\"); "
+        "os.replace(t, sys.argv[1]); "  # atomic: the test never reads a half-written marker
         "print('alive', flush=True); time.sleep(600)"
     )
     loop = write_loop(
