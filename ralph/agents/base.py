@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ralph.errors import ConfigError
 from ralph.loader import LoopSpec
+from ralph.process import GRACE
 from ralph.session import Session
 
 
@@ -28,6 +34,7 @@ class AgentContext:
 class Invocation:
     argv: tuple[str, ...]
     stdin: bytes | None = field(default=None, repr=False)
+    env: Mapping[str, str] = field(default_factory=dict)  # set over the attempt's env (e.g. PWD)
 
 
 @dataclass
@@ -100,3 +107,77 @@ class Preset:
 
     def parser(self, ctx: AgentContext) -> StreamParser | None:
         return None
+
+    def cleanup(self, ctx: AgentContext) -> list[str]:
+        """After every attempt, however it ended (e.g. end what the agent left running). Returns
+        notes for the run log."""
+        return []
+
+
+def _live_environ(pid: str) -> list[bytes] | None:
+    """The env a live (non-zombie) process was started with; None if unreadable or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        if stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X"):
+            return None
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return fh.read().split(b"\0")
+    except OSError:
+        return None
+
+
+def processes_with_env(markers: Mapping[str, str]) -> list[int]:
+    """Live processes (of ours: others' environ is unreadable) whose env has every ``NAME=value``."""
+    if not markers or not all(markers.values()):
+        return []  # an empty marker would match far too much
+    needles = [f"{name}={value}".encode() for name, value in markers.items()]
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            environ = _live_environ(entry.name)
+            if environ is not None and all(n in environ for n in needles):
+                found.append(int(entry.name))
+    return found
+
+
+def end_processes_with_env(markers: Mapping[str, str], grace: float = GRACE) -> list[int]:
+    """SIGTERM every process carrying ``markers`` in its env, SIGKILL what is left ``grace``
+    seconds later. For what an agent started outside its process group (opencode's bash tool runs
+    in a session of its own, so ending the agent's group misses it). Returns the PIDs found."""
+    found = processes_with_env(markers)
+    if not found:
+        return []
+    for pid in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    left = found
+    while left and time.monotonic() < end:
+        time.sleep(0.02)
+        left = processes_with_env(markers)  # re-read: a recycled PID must not be killed
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def json_event(line: bytes) -> dict[str, Any] | None:
+    """One line of a JSON-lines agent stream as an object; None for anything else (stderr is merged)."""
+    stripped = line.strip()
+    if not stripped.startswith(b"{"):
+        return None
+    try:
+        event = json.loads(stripped)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first line of ``text``, cut to ``limit`` characters, with " …" when anything was left out."""
+    stripped = text.strip()
+    line = stripped.split("\n", 1)[0]
+    return line[:limit] + (" …" if len(line) > limit or "\n" in stripped else "")

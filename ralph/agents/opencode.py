@@ -1,0 +1,262 @@
+"""The ``opencode`` preset: ``opencode run --format json`` in a session that *is* ours.
+
+Before the first attempt of an iteration, ``opencode import`` of a minimal session file creates
+opencode's session with our ID and title, and ``run --session ID`` continues it: ``opencode
+session list``, ``opencode export $OPENCODE_SESSION_ID`` and the bash tool's env all name one
+session. If that binding fails (another opencode version), the run goes on with ``--title`` and
+opencode's own session ID, read from the events, is recorded as the agent's session ID.
+See docs/opencode-notes.md for the opencode 1.18.33 behaviour this relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ralph.agents.base import AgentContext, Invocation, Preset, StreamParser, end_processes_with_env
+from ralph.process import Request, private_dirs, run
+
+FORMAT_VERSION = "1.18.33"  # the opencode version the import file's shape was verified with
+HELPER_TIMEOUT = 60.0  # seconds for `opencode import` / `export`: about 1-2 s when all is well
+IMPORT_FILE = "opencode-session.json"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# What marks a process as started by one agent attempt: the attempt's own env.
+_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
+
+
+@dataclass
+class _Binding:
+    """How one iteration's session is tied to opencode's."""
+
+    bound: bool  # opencode's session has our ID (and title)
+    agent_id: str | None = None  # opencode's session ID, from the events
+    not_found: bool = False  # `run --session` answered "Session not found"
+
+
+class OpencodeParser(StreamParser):
+    """opencode's JSON events, one per line (stderr is merged in: plain lines)."""
+
+    def __init__(self, binding: _Binding) -> None:
+        super().__init__()
+        self.binding = binding
+        self.events = 0
+
+    def feed(self, line: bytes) -> tuple[str | None, str | None]:
+        stripped = line.strip()
+        if not stripped:
+            return None, None
+        if stripped.startswith(b"{"):
+            try:
+                event = json.loads(stripped)
+            except ValueError:
+                event = None
+            if isinstance(event, dict):
+                self.events += 1
+                return self._event(event)
+        text = _ANSI.sub("", line.decode("utf-8", "replace")).rstrip()
+        if "Session not found" in text and not self.events:
+            self.binding.not_found = True
+        # Not for output_contains: a plain line can quote the agent's command (a rejected permission).
+        return text, None
+
+    def _event(self, event: dict[str, Any]) -> tuple[str | None, str | None]:
+        session_id = event.get("sessionID")
+        if self.events == 1 and isinstance(session_id, str) and session_id:  # this attempt's session
+            self.report.agent_session_id = self.binding.agent_id = session_id
+        kind = event.get("type")
+        part = _obj(event.get("part"))
+        if kind == "text":
+            text = str(part.get("text") or "")
+            return (text, text) if text else (None, None)
+        if kind == "reasoning":
+            text = str(part.get("text") or "")
+            return (f"(thinking) {text}" if text else None), None
+        if kind == "tool_use":
+            return _tool_line(part), None
+        if kind == "step_finish":
+            tokens = _obj(part.get("tokens"))
+            cache = _obj(tokens.get("cache"))
+            # opencode splits the provider's counts: input excludes cached tokens, output excludes
+            # reasoning. The totals are what was billed.
+            self.report.add_tokens(_sum(tokens.get("input"), cache.get("read"), cache.get("write")),
+                                   _sum(tokens.get("output"), tokens.get("reasoning")))
+            cost = part.get("cost")
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
+                self.report.add_cost(cost)
+            return None, None
+        if kind == "error":
+            error = _obj(event.get("error"))
+            data = _obj(error.get("data"))
+            message = f"{error.get('name') or 'Error'}: {data.get('message') or ''}".rstrip(": ")
+            return f"error: {message}", message  # counts for retry.on_output ("rate limit")
+        return None, None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _sum(*values: Any) -> int | None:
+    numbers = [int(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return sum(numbers) if numbers else None
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().split("\n", 1)[0]
+    more = len(line) > limit or "\n" in text.strip()
+    return line[:limit] + (" …" if more else "")
+
+
+def _tool_line(part: dict[str, Any]) -> str:
+    tool = str(part.get("tool") or "tool")
+    state = _obj(part.get("state"))
+    given = _obj(state.get("input"))
+    if tool == "bash" and isinstance(given.get("command"), str):
+        what = "$ " + _first_line(given["command"])
+    elif state.get("title"):
+        what = _first_line(str(state["title"]))
+    else:
+        what = _first_line(json.dumps(given, ensure_ascii=False))
+    line = f"→ {tool}: {what}"
+    if state.get("status") == "error":
+        return f"{line} ✗ {_first_line(str(state.get('error') or 'failed'))}"
+    metadata = _obj(state.get("metadata"))
+    code = metadata.get("exit")
+    return f"{line} (exit {code})" if isinstance(code, int) and code != 0 else line
+
+
+class OpencodePreset(Preset):
+    name = "opencode"
+    default_binary = "opencode"
+    structured = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # batch items run in threads and share the preset
+        self._bindings: dict[str, _Binding] = {}  # by our session ID: retries reuse it
+        self._verified: set[str] = set()  # runs where an imported session was found again
+        self._unbound: dict[str, str] = {}  # runs where binding failed (the same binary fails again), why
+        self._warned: set[str] = set()
+
+    # -- the attempt --------------------------------------------------------------------
+
+    def prepare(self, ctx: AgentContext) -> list[str]:
+        session, run_id = ctx.session, ctx.session.run_id
+        with self._lock:
+            binding = self._bindings.get(session.id)
+            failed = self._unbound.get(run_id)
+        if binding is None:  # the first attempt of this iteration: create the session, once
+            why = failed or self._bind(ctx)
+            binding = _Binding(bound=why is None)
+        elif binding.not_found and binding.bound:
+            why, binding.bound, binding.not_found = "`opencode run --session` said: Session not found", False, False
+        else:
+            if binding.not_found:  # opencode's own session could not be continued either: a new one
+                binding.agent_id, binding.not_found = None, False
+            why = None
+        with self._lock:
+            self._bindings[session.id] = binding
+            if why is None:
+                return []
+            self._unbound.setdefault(run_id, why)
+            if run_id in self._warned:
+                return []
+            self._warned.add(run_id)
+        return [f"opencode: cannot bind its session to ralph's ({why}); running with --title instead and "
+                "recording opencode's own session ID as the agent session ID"]
+
+    def invocation(self, ctx: AgentContext) -> Invocation:
+        binding = self._binding(ctx)
+        workdir = str(ctx.spec.workdir)
+        # `--opt=value`: a title or model starting with "-" stays a value.
+        argv = [ctx.binary or "opencode", "run", "--format=json", f"--dir={workdir}"]
+        if binding.bound:
+            argv.append(f"--session={ctx.session.id}")
+        elif binding.agent_id:  # a retry continues the session opencode made for this iteration
+            argv.append(f"--session={binding.agent_id}")
+        else:
+            argv.append(f"--title={ctx.session.title}")
+        agent = ctx.spec.config.agent
+        if agent.model:
+            argv.append(f"--model={agent.model}")
+        argv.extend(agent.args)
+        # The prompt on stdin, then closed: as an argument it would reach the model in quotes, and
+        # `run` reads a non-TTY stdin to its end. opencode takes its folder from $PWD, not the cwd.
+        return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"), {"PWD": workdir})
+
+    def parser(self, ctx: AgentContext) -> StreamParser:
+        return OpencodeParser(self._binding(ctx))
+
+    def cleanup(self, ctx: AgentContext) -> list[str]:
+        """opencode runs its bash tool in a session of its own: ending opencode's process group
+        does not reach what a tool left running. Anything still carrying this attempt's env goes."""
+        markers = {name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS}
+        ended = end_processes_with_env(markers)
+        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+
+    # -- binding ------------------------------------------------------------------------
+
+    def _binding(self, ctx: AgentContext) -> _Binding:
+        with self._lock:
+            return self._bindings.setdefault(ctx.session.id, _Binding(bound=False))
+
+    def _bind(self, ctx: AgentContext) -> str | None:
+        """Create opencode's session with our ID and title. None if done, else why not."""
+        session, workdir = ctx.session, ctx.spec.workdir
+        now = int(time.time() * 1000)
+        doc = {"info": {"id": session.id, "slug": "ralph-" + session.id[-8:].lower(), "directory": str(workdir),
+                        "title": session.title, "version": FORMAT_VERSION,
+                        "time": {"created": now, "updated": now}},
+               "messages": []}
+        path = ctx.log_dir / IMPORT_FILE
+        try:
+            private_dirs(ctx.log_dir)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh)
+        except OSError as exc:
+            return f"cannot write {path}: {exc.strerror}"
+        code, output = self._helper(ctx, "import", str(path))
+        if code != 0 or f"Imported session: {session.id}" not in output:
+            return f"`opencode import` failed (exit {code}): {_first_line(output) or 'no output'}"
+        if session.run_id in self._verified:
+            return None
+        # Once per run: does opencode find the session again, under our title?
+        code, output = self._helper(ctx, "export", session.id)
+        if code != 0:
+            return f"`opencode export` cannot find the imported session (exit {code}): {_first_line(output)}"
+        info = _exported_info(output)
+        if info is not None and (info.get("id"), info.get("title")) != (session.id, session.title):
+            return f"opencode exported the session as {info.get('id')!r} titled {info.get('title')!r}"
+        with self._lock:
+            self._verified.add(session.run_id)
+        return None
+
+    def _helper(self, ctx: AgentContext, *args: str) -> tuple[int, str]:
+        """A short opencode command with the attempt's env, in the workdir (PWD too)."""
+        chunks: list[bytes] = []
+        workdir = ctx.spec.workdir
+        outcome = run(Request((ctx.binary or "opencode", *args), workdir, {**ctx.env, "PWD": str(workdir)},
+                              timeout=HELPER_TIMEOUT), chunks.append)
+        output = _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")).strip()
+        if outcome.status == "timeout":
+            output = f"timed out after {HELPER_TIMEOUT:.0f}s"
+        return outcome.exit_code, output
+
+
+def _exported_info(output: str) -> dict[str, Any] | None:
+    """``info`` of `opencode export` (stdout JSON; stderr's "Exporting session" line is merged in)."""
+    start = output.find("{")
+    try:
+        doc = json.JSONDecoder().raw_decode(output[start:])[0] if start >= 0 else None
+    except ValueError:
+        return None
+    info = doc.get("info") if isinstance(doc, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+PRESET = OpencodePreset()
