@@ -359,8 +359,10 @@ def test_exec_passes_ctrl_c_on_and_records_the_step_interrupted(tmp_path: Path, 
     (newest,) = run_loop(tmp_path, iterations=1)
     started = tmp_path / "started"
     child = (
-        "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); print('waiting', flush=True)\n"
-        "try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    print('got SIGINT', flush=True); sys.exit(130)"
+        # The marker is touched inside the try, so a SIGINT right after the handshake is still caught.
+        "import pathlib, sys, time\n"
+        "try:\n    print('waiting', flush=True); pathlib.Path(sys.argv[1]).touch(); time.sleep(600)\n"
+        "except KeyboardInterrupt:\n    print('got SIGINT', flush=True); sys.exit(130)"
     )
     proc = subprocess.Popen(
         [PY, "-m", "ralph", "exec", "--", PY, "-c", child, str(started)],
