@@ -16,6 +16,8 @@ from ralph.session import Session, child_env
 from ralph.store import Store
 from ralph.telemetry import Span, Telemetry
 
+MIRROR_SLICE = 1 << 18  # bytes of child output split into lines for the console at a time
+
 
 @dataclass(frozen=True)
 class StepCall:
@@ -51,7 +53,9 @@ class Services:
 
     def env_for(self, session: Session, name: str, attempt: int, span: Span) -> dict[str, str]:
         trace = span.carrier() or dict(self.inbound_trace)
-        return child_env(session, name, attempt, self.loop_env, trace, self.base_env)
+        env = child_env(session, name, attempt, self.loop_env, trace, self.base_env)
+        env["PWD"] = str(self.workdir)  # as a shell's cd would: an inherited PWD names ralph's folder, not theirs
+        return env
 
 
 def run_step(
@@ -88,11 +92,14 @@ def run_step(
         if on_output is not None:
             on_output(data)
         if splitter is not None:
-            sv.console.output_lines(session, call.name, splitter.feed(data))
+            # 256 KiB at a time: a megabyte of lines at once has malloc give memory back and fault it in
+            # again on every chunk, which costs more than the mirroring itself.
+            for at in range(0, len(data), MIRROR_SLICE):
+                sv.console.output_lines(session, call.name, splitter.feed(data[at:at + MIRROR_SLICE]))
 
     outcome = run(
         Request(call.argv, sv.workdir, full_env, call.stdin, call.timeout, call.idle_timeout, deadline, log_path),
-        consume, sv.cancel,
+        consume, sv.cancel, lambda pid: sv.store.step_spawned(step_id, pid),
     )
     if splitter is not None:
         sv.console.output_lines(session, call.name, splitter.flush())

@@ -76,7 +76,7 @@ def test_exact_env_of_before_agent_after_and_check(tmp_path: Path, isolated: Pat
             assert env["RALPH_STATE_DIR"] == str(isolated) and Path(env["RALPH_STATE_DIR"]).is_absolute()
             assert env["OTEL_RESOURCE_ATTRIBUTES"] == f"team=core,session.id={sid}"
             assert env["INHERITED"] == "yes" and env["FROM_LOOP"] == "loop value"
-            assert env["__cwd__"] == str((tmp_path / "work").resolve())
+            assert env["__cwd__"] == env["PWD"] == str((tmp_path / "work").resolve())
             tp = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}", env["TRACEPARENT"])
             assert tp, env["TRACEPARENT"]
             trace_ids.add(tp.group(1))
