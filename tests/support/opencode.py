@@ -13,17 +13,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import platform
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.support.npm import NpmUnavailable, cache_dir, cpu_has_avx2, ensure_npm_binary, node_platform
 
 OPENCODE_VERSION = "1.18.33"
 PACKAGE = "opencode-ai"
@@ -41,153 +40,36 @@ __all__ = [
 ]
 
 
-class OpencodeUnavailable(RuntimeError):
+class OpencodeUnavailable(NpmUnavailable):
     """opencode could not be installed (no npm, no registry, ...)."""
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("RALPH_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ralph-tests")
-    return Path(root)
-
-
-# -- installation -------------------------------------------------------------------------
+# -- installation (the shared npm installer, tests/support/npm.py) ---------------------------
 
 
 def _candidate_packages() -> list[str]:
     """Platform packages of opencode-ai, best first (mirrors the package's postinstall.mjs)."""
-    system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system(), platform.system().lower())
-    machine = platform.machine().lower()
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+    system, arch = node_platform()
     base = f"opencode-{system}-{arch}"
     if arch != "x64":
         return [base, f"{base}-musl"]
-    avx2 = False
-    with contextlib.suppress(OSError):
-        avx2 = " avx2" in Path("/proc/cpuinfo").read_text()
-    names = [base, f"{base}-baseline"] if avx2 else [f"{base}-baseline", base]
+    names = [base, f"{base}-baseline"] if cpu_has_avx2() else [f"{base}-baseline", base]
     return names + [f"{n}-musl" for n in names]
-
-
-def _binary_version(binary: Path) -> str | None:
-    try:
-        p = subprocess.run(
-            [str(binary), "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
-def _find_binary(prefix: Path) -> Path | None:
-    modules = prefix / "node_modules"
-    for name in _candidate_packages():
-        binary = modules / name / "bin" / "opencode"
-        if binary.is_file() and _binary_version(binary) == OPENCODE_VERSION:
-            return binary
-    return None
-
-
-def _read_marker(prefix: Path) -> Path | None:
-    marker = prefix / "ralph-opencode.json"
-    try:
-        data = json.loads(marker.read_text())
-        binary = Path(data["binary"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if data.get("version") == OPENCODE_VERSION and binary.is_file() and os.access(binary, os.X_OK):
-        return binary
-    return None
 
 
 def ensure_opencode() -> Path:
     """Install opencode (once per cache dir) and return the path of its executable.
 
-    Idempotent and safe against concurrent callers: the install happens under an exclusive
-    ``fcntl.flock`` in a staging folder that is renamed into place when complete.
+    Idempotent and safe against concurrent callers (see :func:`tests.support.npm.ensure_npm_binary`).
     Raises :class:`OpencodeUnavailable` when it can't.
     """
-    root = cache_dir()
-    prefix = root / f"opencode-{OPENCODE_VERSION}"
-    binary = _read_marker(prefix)
-    if binary:
-        return binary
-    npm = shutil.which("npm")
-    if npm is None:
-        raise OpencodeUnavailable("npm is not on PATH: cannot install opencode-ai")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"opencode-{OPENCODE_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        binary = _read_marker(prefix)  # someone else finished while we waited
-        if binary:
-            return binary
-        staging = Path(tempfile.mkdtemp(prefix=f".opencode-{OPENCODE_VERSION}-", dir=root))
-        os.chmod(staging, 0o755)
-        try:
-            (staging / "package.json").write_text(
-                json.dumps(
-                    {
-                        "name": "ralph-test-opencode",
-                        "private": True,
-                        "dependencies": {PACKAGE: OPENCODE_VERSION},
-                    }
-                )
-            )
-            # --ignore-scripts: opencode-ai's postinstall only hard-links the platform binary to
-            # bin/opencode.exe and runs it; we pick the platform binary ourselves.
-            cmd = [
-                npm,
-                "install",
-                "--ignore-scripts",
-                "--no-audit",
-                "--no-fund",
-                "--no-package-lock",
-                "--loglevel=error",
-            ]
-            started = time.monotonic()
-            try:
-                p = subprocess.run(
-                    cmd,
-                    cwd=staging,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=900,
-                    env={**os.environ, "npm_config_update_notifier": "false"},
-                )
-            except subprocess.TimeoutExpired as e:
-                raise OpencodeUnavailable(f"npm install {PACKAGE}@{OPENCODE_VERSION} timed out") from e
-            if p.returncode != 0:
-                raise OpencodeUnavailable(
-                    f"npm install {PACKAGE}@{OPENCODE_VERSION} failed (exit {p.returncode}):\n"
-                    f"{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
-                )
-            if _find_binary(staging) is None:
-                raise OpencodeUnavailable(
-                    f"npm installed {PACKAGE}@{OPENCODE_VERSION} but no working platform binary among "
-                    f"{_candidate_packages()} in {staging / 'node_modules'}"
-                )
-            if prefix.exists():
-                shutil.rmtree(prefix)  # a broken earlier attempt
-            os.rename(staging, prefix)
-            binary = _find_binary(prefix)
-            assert binary is not None
-            (prefix / "ralph-opencode.json").write_text(
-                json.dumps(
-                    {
-                        "version": OPENCODE_VERSION,
-                        "binary": str(binary),
-                        "install_seconds": round(time.monotonic() - started, 1),
-                    }
-                )
-            )
-            return binary
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+    return ensure_npm_binary(
+        PACKAGE,
+        OPENCODE_VERSION,
+        lambda prefix: [prefix / "node_modules" / name / "bin" / "opencode" for name in _candidate_packages()],
+        name="opencode",
+        error=OpencodeUnavailable,
+    )
 
 
 # -- isolated environment -----------------------------------------------------------------

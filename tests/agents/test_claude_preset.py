@@ -1,0 +1,190 @@
+"""The ``claude`` preset with the real Claude Code CLI (npm ``@anthropic-ai/claude-code``, pinned in
+tests/support/npm.py) against a scripted Anthropic Messages API on 127.0.0.1, driven by a real
+``ralph run``. The model's turns make Claude's Bash tool run tests/support/agent_probe.py, which
+reports the env the tool saw and the argv and env of the ``claude`` process above it.
+
+Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
+failing to install it fails these tests; without CI they are skipped only when npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import PY, ROOT, ralph, write_loop
+from tests.support.agent_probe import probes
+from tests.support.anthropic_server import ScriptedAnthropic, claude_env, error, text, tool_use
+from tests.support.npm import NpmUnavailable, ensure_claude
+
+PROBE = ROOT / "tests" / "support" / "agent_probe.py"
+PROMISE = "<promise>COMPLETE</promise>"
+MODEL = "claude-sonnet-4-5"
+NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
+
+
+@pytest.fixture(scope="session")
+def claude_bin() -> Path:
+    try:
+        return ensure_claude()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"claude not available: {e}")
+        pytest.fail(f"could not install claude: {e}")
+
+
+@pytest.fixture
+def on_path(claude_bin: Path, tmp_path: Path) -> dict[str, str]:
+    """PATH with a folder holding `claude` (a link to the installed binary) in front."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "claude").symlink_to(claude_bin)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def probe(claude_bin: Path) -> object:
+    return tool_use("Bash", {"command": f"{PY} {PROBE} {claude_bin}", "description": "Report the session env"})
+
+
+def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
+    (tmp_path / "work").mkdir(exist_ok=True)
+    extra = "\n          ".join(agent_keys)
+    return write_loop(tmp_path, f"""
+        name: claude-test
+        title: "Claude test #{{iteration}}"
+        workdir: work
+        agent:
+          preset: claude
+          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test"
+          model: {MODEL}
+          args: ["--allowedTools", "Bash"]
+          {extra}
+        until:
+          max_iterations: 5
+          {until}
+        """)
+
+
+def sessions() -> list[dict]:
+    result = ralph("sessions", "--json")
+    assert result.returncode == 0, result.stderr
+    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
+
+
+def show(session_id: str) -> dict:
+    result = ralph("show", session_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def events(log_path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+
+
+def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    turns = [probe(claude_bin), text("One test fixed, more to go."),
+             probe(claude_bin), text(f"All tests pass. {PROMISE}")]
+    with ScriptedAnthropic(turns) as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success condition held" in result.stdout + result.stderr
+
+    # The prompt reached the model (on stdin), with --model; one scripted turn per request.
+    assert len(api.scripted_requests) == 4
+    assert {r["model"] for r in api.scripted_requests} == {MODEL}
+    first_user = json.dumps(api.scripted_requests[0]["messages"][0])
+    assert "Iteration 1 of claude-test: fix the next failing test" in first_user
+
+    rows = sessions()
+    assert [r["status"] for r in rows] == ["ok", "complete"]  # the promise of iteration 2 ended the loop
+    for number, row in enumerate(rows, 1):
+        claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        assert row["agent_session_id"] == claude_id
+        detail = show(row["id"])
+        (step,) = detail["steps"]
+        stream = events(step["log_path"])  # the step log keeps the raw events
+        assert stream[0]["type"] == "system" and stream[0]["subtype"] == "init"
+        assert stream[0]["session_id"] == claude_id
+        (final,) = [e for e in stream if e["type"] == "result"]
+        assert row["cost_usd"] == pytest.approx(final["total_cost_usd"]) and row["cost_usd"] > 0
+        assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
+        iteration_span = next(s for s in detail["spans"] if s["name"] == "ralph.iteration")
+        assert iteration_span["attributes"]["ralph.agent.session_id"] == claude_id
+        assert iteration_span["attributes"]["ralph.cost_usd"] == pytest.approx(row["cost_usd"])
+        assert iteration_span["attributes"]["gen_ai.usage.input_tokens"] == 200
+
+        (report,) = probes(Path(step["log_path"]).read_text())
+        agent = report["agent"]
+        assert agent["argv"] == [str(tmp_path / "bin" / "claude"), "-p", "--output-format", "stream-json",
+                                 "--verbose", "--session-id", claude_id, "--model", MODEL,
+                                 "--allowedTools", "Bash"]
+        traceparent = f"00-{row['trace_id']}-{step['span_id']}-"  # the agent step's span; flags vary
+        for env in (agent["env"], report["tool_env"]):  # the agent's own env, and what its Bash tool saw
+            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
+            assert env["OPENCODE_SESSION_TITLE"] == f"Claude test #{number}"
+            assert env["RALPH_ITERATION"] == str(number)
+            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
+            assert env["TRACEPARENT"].startswith(traceparent)
+
+    # The console shows a readable rendering, not raw JSON.
+    assert "→ Bash: $ " in result.stdout and "One test fixed, more to go." in result.stdout
+    assert '{"type"' not in result.stdout
+
+
+def test_max_cost_usd_stops_the_loop(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
+    # One request a session, 100 in / 20 out tokens: $0.0006 at claude-sonnet-4-5 prices. The budget
+    # runs out in iteration 2, with no success condition ever holding.
+    loop = loop_file(tmp_path, "max_cost_usd: 0.001")
+    with ScriptedAnthropic([], final_text="Still working.") as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "max_cost_usd" in result.stdout + result.stderr
+    rows = sessions()
+    assert len(rows) == 2
+    assert sum(r["cost_usd"] for r in rows) >= 0.001 > rows[0]["cost_usd"] > 0
+
+
+def test_a_retry_resumes_the_same_claude_session(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
+    # Attempt 1 fails on an API error (a 500; claude_env sets CLAUDE_CODE_MAX_RETRIES=0) after Claude Code
+    # created the session; a second --session-id with that UUID is refused ("Session ID … is already
+    # in use"), so attempt 2 must --resume it.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
+                     "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
+    turns = [error(500, "scripted overload"), probe(claude_bin), text(f"Fixed. {PROMISE}")]
+    with ScriptedAnthropic(turns) as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = sessions()
+    claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    assert row["status"] == "complete" and row["agent_session_id"] == claude_id
+    steps = show(row["id"])["steps"]
+    assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
+    (report,) = probes(Path(steps[1]["log_path"]).read_text())
+    assert report["agent"]["argv"][5:7] == ["--resume", claude_id]
+    assert report["tool_env"]["RALPH_ATTEMPT"] == "2"
+    assert "claude: error: API Error: 500 scripted overload" in result.stdout
+    # One conversation: the resumed attempt's request carries attempt 1's prompt as well as its own.
+    assert len(api.scripted_requests) == 3
+    assert json.dumps(api.scripted_requests[1]["messages"]).count("Iteration 1 of claude-test") == 2
+    (final,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "result"]
+    assert row["cost_usd"] == pytest.approx(final["total_cost_usd"])  # the session's total, counted once
+
+
+def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the claude preset needs `claude` on PATH (or set agent.bin)" in result.stderr
+    assert not (isolated / "ralph.db").exists()  # nothing ran
+
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: ./tools/claude")
+    result = ralph("run", str(loop))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'./tools/claude' is not an executable file" in result.stderr and "agent.bin" in result.stderr
+    assert not (isolated / "ralph.db").exists()

@@ -1,0 +1,162 @@
+"""The ``codex`` preset with the real Codex CLI (npm ``@openai/codex``, pinned in tests/support/npm.py)
+against a scripted OpenAI Responses API on 127.0.0.1 (a ``model_provider`` in an isolated
+``$CODEX_HOME/config.toml``), driven by a real ``ralph run``. The model's turns make Codex's shell
+tool (``exec_command``) run tests/support/agent_probe.py, which reports the env the tool saw and
+the argv and env of the ``codex`` process above it.
+
+Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
+failing to install it fails these tests; without CI they are skipped only when npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import PY, ROOT, ralph, write_loop
+from tests.support.agent_probe import probes
+from tests.support.npm import NpmUnavailable, ensure_codex
+from tests.support.responses_server import ScriptedResponses, codex_env, error, exec_command, text
+
+PROBE = ROOT / "tests" / "support" / "agent_probe.py"
+PROMISE = "<promise>COMPLETE</promise>"
+MODEL = "scripted-model"
+# Codex's default sandbox runs commands in a PID namespace of their own, where the probe cannot see
+# the codex process above it; the tests turn it off (the args pass through as given).
+ARGS = ["--skip-git-repo-check", "--sandbox", "danger-full-access"]
+
+
+@pytest.fixture(scope="session")
+def codex_bin() -> Path:
+    try:
+        return ensure_codex()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"codex not available: {e}")
+        pytest.fail(f"could not install codex: {e}")
+
+
+def probe(codex_bin: Path) -> object:
+    return exec_command(f"{PY} {PROBE} {codex_bin}")
+
+
+def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
+    (tmp_path / "work").mkdir(exist_ok=True)
+    extra = "\n          ".join(agent_keys)
+    return write_loop(tmp_path, f"""
+        name: codex-test
+        title: "Codex test #{{iteration}}"
+        workdir: work
+        agent:
+          preset: codex
+          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test"
+          model: {MODEL}
+          args: {json.dumps(ARGS)}
+          {extra}
+        until:
+          max_iterations: 5
+          {until}
+        """)
+
+
+def sessions() -> list[dict]:
+    result = ralph("sessions", "--json")
+    assert result.returncode == 0, result.stderr
+    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
+
+
+def show(session_id: str) -> dict:
+    result = ralph("show", session_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def events(log_path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+
+
+def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")  # agent.bin, not PATH
+    turns = [probe(codex_bin), text("One test fixed, more to go."),
+             probe(codex_bin), text(f"All tests pass. {PROMISE}")]
+    with ScriptedResponses(turns) as api:
+        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url, "another-model"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success condition held" in result.stdout + result.stderr
+
+    # The prompt reached the model (on stdin, via "-"), with --model over the config's default.
+    assert len(api.scripted_requests) == 4
+    assert {r["model"] for r in api.scripted_requests} == {MODEL}
+    assert "Iteration 1 of codex-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["input"])
+
+    rows = sessions()
+    assert [r["status"] for r in rows] == ["ok", "complete"]  # the promise of iteration 2 ended the loop
+    threads = set()
+    for number, row in enumerate(rows, 1):
+        detail = show(row["id"])
+        (step,) = detail["steps"]
+        stream = events(step["log_path"])  # the step log keeps the raw events
+        assert stream[0]["type"] == "thread.started"
+        thread = stream[0]["thread_id"]
+        threads.add(thread)
+        assert row["agent_session_id"] == thread
+        assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
+        assert row["cost_usd"] is None  # codex does not say
+        iteration_span = next(s for s in detail["spans"] if s["name"] == "ralph.iteration")
+        assert iteration_span["attributes"]["ralph.agent.session_id"] == thread
+        assert iteration_span["attributes"]["gen_ai.usage.output_tokens"] == 40
+
+        (report,) = probes(Path(step["log_path"]).read_text())
+        agent = report["agent"]
+        assert agent["argv"] == [str(codex_bin), "exec", "--json", "--model", MODEL, *ARGS, "-"]
+        traceparent = f"00-{row['trace_id']}-{step['span_id']}-"  # the agent step's span; flags vary
+        for env in (agent["env"], report["tool_env"]):  # the agent's own env, and what its shell tool saw
+            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
+            assert env["OPENCODE_SESSION_TITLE"] == f"Codex test #{number}"
+            assert env["RALPH_ITERATION"] == str(number)
+            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
+            assert env["TRACEPARENT"].startswith(traceparent)
+    assert len(threads) == 2  # a fresh thread per session
+
+    # The console shows a readable rendering, not raw JSON.
+    assert f"→ $ /bin/bash -lc '{PY} {PROBE}" in result.stdout and "One test fixed, more to go." in result.stdout
+    assert '{"type"' not in result.stdout
+
+
+def test_a_retry_resumes_the_same_codex_thread(codex_bin: Path, tmp_path: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
+                     f"bin: {codex_bin}", "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
+    turns = [error(500, "scripted overload"), probe(codex_bin), text(f"Fixed. {PROMISE}")]
+    with ScriptedResponses(turns) as api:
+        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = sessions()
+    steps = show(row["id"])["steps"]
+    assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
+    thread = events(steps[0]["log_path"])[0]["thread_id"]
+    assert row["status"] == "complete" and row["agent_session_id"] == thread
+    (report,) = probes(Path(steps[1]["log_path"]).read_text())
+    assert report["agent"]["argv"][-3:] == ["resume", thread, "-"]
+    assert report["tool_env"]["RALPH_ATTEMPT"] == "2"
+    assert "currently experiencing high demand" in result.stdout  # codex's words for a 500
+    # One thread: the resumed attempt's requests carry attempt 1's prompt as well as its own.
+    assert json.dumps(api.scripted_requests[-1]["input"]).count("Iteration 1 of codex-test") == 2
+    assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # the failed request reported none
+
+
+def test_a_missing_codex_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the codex preset needs `codex` on PATH (or set agent.bin)" in result.stderr
+    assert not (isolated / "ralph.db").exists()  # nothing ran
+
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: /nonexistent/codex")
+    result = ralph("run", str(loop))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'/nonexistent/codex' is not an executable file" in result.stderr and "agent.bin" in result.stderr
+    assert not (isolated / "ralph.db").exists()
