@@ -42,7 +42,7 @@ def load_items(spec: LoopSpec) -> list[str]:
         try:
             items = _lines(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read items_file {path}: {exc}", spec.path, key="batch.items_file") from None
+            raise spec.error("batch.items_file", f"cannot read items_file {path}: {exc}") from None
     else:
         assert batch.items_command is not None
         env = {**os.environ, **spec.config.env}
@@ -57,7 +57,7 @@ def load_items(spec: LoopSpec) -> list[str]:
     unique = [i for i in items if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
     for item in unique:
         if "\0" in item:
-            raise ConfigError("a batch item contains a NUL byte", spec.path, key="batch")
+            raise spec.error("batch", "a batch item contains a NUL byte")
     return unique
 
 

@@ -7,7 +7,8 @@ keys and tags are errors rather than silently resolved, and a pydantic error can
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null")}
 _TIMESTAMP = _STD + "timestamp"
 MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_VALUES = 100_000  # aliases can make a small file expand without bound ("billion laughs")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class LoopSpec:
     config: LoopFile
     workdir: Path
     prompt: str | None
+    marks: Mapping[Loc, Mark] = field(default_factory=dict, repr=False, compare=False)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A problem found after loading (a missing agent binary, an unreadable items file), still
+        reported at the line of the key it concerns."""
+        line, col = _locate(tuple(key.split(".")), self.marks)
+        return ConfigError(message, self.path, line, col, key)
 
     @property
     def name(self) -> str:
@@ -54,12 +63,28 @@ class _Builder:
         self.path = path
         self.marks: dict[Loc, Mark] = {}
         self._constructor = yaml.constructor.SafeConstructor()
+        self._built = 0
+        self._open: set[int] = set()  # collections being built: an alias back to one is a cycle
 
     def error(self, node: yaml.Node, message: str, loc: Loc = ()) -> ConfigError:
         mark = node.start_mark
         return ConfigError(message, self.path, mark.line + 1, mark.column + 1, dotted(loc) or None)
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self._built += 1
+        if self._built > MAX_VALUES:
+            raise self.error(node, f"the file expands to more than {MAX_VALUES} values (YAML aliases?)", loc)
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self._open:
+                raise self.error(node, "a YAML alias refers to the collection that contains it", loc)
+            self._open.add(id(node))
+            try:
+                return self._build(node, loc)
+            finally:
+                self._open.discard(id(node))
+        return self._build(node, loc)
+
+    def _build(self, node: yaml.Node, loc: Loc) -> Any:
         self.marks.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, yaml.MappingNode):
             if node.tag != _STD + "map":
@@ -70,7 +95,7 @@ class _Builder:
                     raise self.error(key_node, "YAML merge keys (<<) are not supported", loc)
                 if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
                     raise self.error(key_node, "keys must be plain strings", loc)
-                key = str(key_node.value)
+                key = self._text(key_node, str(key_node.value), loc)
                 child = (*loc, key)
                 if key in out:
                     first = self.marks[child]
@@ -86,7 +111,24 @@ class _Builder:
             return str(node.value)  # a date is text to us, never a datetime
         if node.tag not in _SCALAR_TAGS:
             raise self.error(node, f"YAML tags such as {node.tag} are not allowed", loc)
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except ValueError:  # an integer of thousands of digits
+            raise self.error(node, "the number is too large", loc) from None
+        return self._text(node, value, loc) if isinstance(value, str) else value
+
+    def _text(self, node: yaml.Node, value: str, loc: Loc) -> str:
+        """Text must be able to reach a child: as an env value, an argument or stdin."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:  # "\ud83c\udf89" (JSON-style escapes of one character) is joined; a lone half is not text
+                value = value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                raise self.error(node, "the text contains an invalid character (a lone surrogate)", loc) from None
+        if "\0" in value:
+            raise self.error(node, "the text contains a NUL character", loc)
+        return value
 
 
 def dotted(loc: Loc) -> str:
@@ -111,17 +153,27 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, Mark]]:
     builder = _Builder(str(path))
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ConfigError(f"invalid YAML: {exc.problem or exc}", path, line, col) from None
+    except yaml.reader.ReaderError as exc:  # a control character: it has a position, not a mark
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"invalid YAML: character #x{char:04x} is not allowed", path, line, col) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path) from None
     if root is None:
         raise ConfigError("the file is empty; a loop needs at least `name` and `agent`", path)
     if not isinstance(root, yaml.MappingNode):
         raise builder.error(root, "the top level must be a mapping of keys such as name, agent, until")
-    return builder.build(root, ()), builder.marks
+    try:
+        return builder.build(root, ()), builder.marks
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply", path) from None
 
 
 def _locate(loc: Loc, marks: dict[Loc, Mark]) -> Mark:
@@ -181,25 +233,54 @@ def load(path: str | os.PathLike[str], cwd: Path | None = None) -> LoopSpec:
     try:
         if file.is_dir():
             raise ConfigError("is a folder, not a loop file", file)
-        if file.stat().st_size > MAX_FILE_BYTES:
-            raise ConfigError("the file is too large for a loop file", file)
-        raw = file.read_bytes()
+        raw = _read_limited(file)
     except FileNotFoundError:
         raise ConfigError("no such file", file) from None
     except PermissionError:
         raise ConfigError("permission denied", file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("the file is too large for a loop file", file)
     text = _decode(file, raw)
     data, marks = parse_yaml(file, text)
     try:
         config = LoopFile.model_validate(data)
     except ValidationError as exc:
         raise validation_errors(file, exc, data, marks) from None
-    base = file.resolve().parent
 
     def fail(loc: Loc, message: str) -> ConfigError:
         line, col = _locate(loc, marks)
         return ConfigError(message, file, line, col, dotted(loc))
 
+    nan = _not_a_number(config.model_dump())
+    if nan:
+        raise fail(nan[0], "must be a number (not .nan)")
+    try:
+        return replace(_resolve(file, config, cwd, fail), marks=marks)
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop ...
+        raise ConfigError(f"cannot resolve a path of this loop: {getattr(exc, 'strerror', None) or exc}",
+                          file) from None
+
+
+def _read_limited(file: Path) -> bytes:
+    """At most one byte more than a loop file may have (``/dev/zero`` is not a loop file)."""
+    with open(file, "rb") as fh:
+        return fh.read(MAX_FILE_BYTES + 1)
+
+
+def _not_a_number(value: Any, loc: Loc = ()) -> list[Loc]:
+    if isinstance(value, float) and value != value:
+        return [loc]
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in _not_a_number(v, (*loc, k))]
+    if isinstance(value, list | tuple):
+        return [bad for i, v in enumerate(value) for bad in _not_a_number(v, (*loc, i))]
+    return []
+
+
+def _resolve(file: Path, config: LoopFile, cwd: Path | None, fail: Callable[[Loc, str], ConfigError]) -> LoopSpec:
+    base = file.resolve().parent
     cwd = cwd or Path.cwd()
     workdir = (base / config.workdir).resolve() if config.workdir else cwd.resolve()
     if not workdir.is_dir():
@@ -208,7 +289,10 @@ def load(path: str | os.PathLike[str], cwd: Path | None = None) -> LoopSpec:
     if config.agent.prompt_file is not None:
         prompt_path = base / config.agent.prompt_file
         try:
-            prompt = _decode(prompt_path, prompt_path.read_bytes())
+            raw_prompt = _read_limited(prompt_path)
+            if len(raw_prompt) > MAX_FILE_BYTES:
+                raise ConfigError("the file is too large for a prompt")
+            prompt = _decode(prompt_path, raw_prompt)
         except ConfigError as exc:
             raise fail(("agent", "prompt_file"), f"{prompt_path}: {exc.message}") from None
         except OSError as exc:

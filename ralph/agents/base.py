@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ralph.errors import ConfigError
 from ralph.loader import LoopSpec
 from ralph.process import GRACE
 from ralph.session import Session
@@ -89,13 +88,12 @@ class Preset:
                 candidate = str(spec.path.resolve().parent / configured)
             found = shutil.which(candidate, path=(env or os.environ).get("PATH"))
             if not found:
-                raise ConfigError(f"{configured!r} is not an executable file", spec.path, key="agent.bin")
+                raise spec.error("agent.bin", f"{configured!r} is not an executable file")
             return found
         found = shutil.which(self.default_binary, path=(env or os.environ).get("PATH"))
         if not found:
-            raise ConfigError(
-                f"the {self.name} preset needs `{self.default_binary}` on PATH (or set agent.bin)",
-                spec.path, key="agent.preset")
+            raise spec.error("agent.preset",
+                             f"the {self.name} preset needs `{self.default_binary}` on PATH (or set agent.bin)")
         return found
 
     def prepare(self, ctx: AgentContext) -> list[str]:
