@@ -157,3 +157,17 @@ def test_workdir_defaults_to_the_current_folder(tmp_path: Path) -> None:
     sub.mkdir()
     path = write_loop(tmp_path / "loops", GOOD)
     assert load(path, cwd=sub).workdir == sub.resolve()
+
+
+def test_missing_agent_binary_names_the_key_line_and_writes_nothing(tmp_path: Path, isolated: Path) -> None:
+    path = write_loop(tmp_path, """
+        name: a
+        agent:
+          preset: codex
+          bin: ./no/such/codex
+          prompt: hi
+    """)
+    result = ralph("run", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}:4:3: agent.bin: './no/such/codex' is not an executable file"
+    assert not isolated.exists()
