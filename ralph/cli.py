@@ -69,7 +69,10 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
     item: Annotated[list[str] | None, typer.Option("--item", help="Run only this batch item (repeatable).")] = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Run the I-th of N stable shards: I/N.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this loop.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the newest interrupted, crashed or abandoned run of this loop: a new run "
+        "(recorded as resumed from it) whose iterations number on from its last one; the iterations it finished "
+        "count toward max_iterations. Without one, a new run starts.")] = False,
 ) -> None:
     """Run a loop."""
     from ralph import commands

@@ -6,6 +6,7 @@ that pipe, so a loop in any thread wakes immediately without the handler touchin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -42,10 +43,15 @@ class CancelToken:
         if self.signum is None:
             self.signum = signum
         self._event.set()
-        try:
+        with contextlib.suppress(OSError):  # already readable (or closed at shutdown): enough
             os.write(self._w, b"x")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is already readable; that is all we need
+
+    def stop(self) -> None:
+        """Cancel from inside (one batch item failed hard): children stop as on a first Ctrl-C,
+        but the run is not recorded as interrupted by a signal."""
+        self._event.set()
+        with contextlib.suppress(OSError):
+            os.write(self._w, b"x")
 
     def wait(self, seconds: float) -> bool:
         """Sleep that an interrupt cuts short. True if cancelled."""
@@ -53,10 +59,8 @@ class CancelToken:
 
     def close(self) -> None:
         for fd in (self._r, self._w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 _NEVER = CancelToken()  # for callers outside `ralph run`: never triggered
@@ -68,7 +72,11 @@ def never() -> CancelToken:
 
 @contextmanager
 def handle_signals() -> Iterator[CancelToken]:
-    """Install SIGINT/SIGTERM handlers for the duration of a run (main thread only)."""
+    """Install SIGINT/SIGTERM handlers for the duration of a run (main thread only).
+
+    SIGHUP (the terminal went away) is handled the same way, exit 129, so the children, which run
+    in their own sessions and never see the hangup, are not left behind; under ``nohup`` (SIGHUP
+    ignored) it stays ignored."""
     token = CancelToken()
     if threading.current_thread() is not threading.main_thread():
         yield token
@@ -77,7 +85,10 @@ def handle_signals() -> Iterator[CancelToken]:
     def handler(signum: int, _frame: FrameType | None) -> None:
         token.trigger(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        wanted.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
     try:
         yield token
     finally:

@@ -176,7 +176,7 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, dict[Loc, Mark]]:
         raise ConfigError("the YAML is nested too deeply", path) from None
 
 
-def _locate(loc: Loc, marks: dict[Loc, Mark]) -> Mark:
+def _locate(loc: Loc, marks: Mapping[Loc, Mark]) -> Mark:
     for end in range(len(loc), -1, -1):
         if loc[:end] in marks:
             return marks[loc[:end]]

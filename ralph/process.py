@@ -20,10 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ralph.errors import StateError
 from ralph.interrupt import CancelToken, never
 
 CHUNK = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux: a bigger pipe means fewer wake-ups for chatty children
+GRACE = 2.0  # seconds between SIGINT, SIGTERM and SIGKILL: "a few seconds at most" end to end
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class Request:
     idle_timeout: float | None = None
     deadline: float | None = None  # time.monotonic() after which the step is out of time
     log_path: Path | None = None
-    grace: float = 2.0
+    grace: float = GRACE
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,30 @@ def shell_argv(command: str | tuple[str, ...]) -> tuple[str, ...]:
     return ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
 
 
+def private_dirs(folder: Path) -> None:
+    """mkdir -p where every folder it creates is 0700 (``Path.mkdir(parents=True)`` would make the
+    parents 0755)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
 def _open_log(path: Path | None) -> int | None:
     if path is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:  # the first step of a session: its folder is not there yet
+            private_dirs(path.parent)
+            return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -101,6 +122,18 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def process_alive(pid: int) -> bool:
+    """Not a zombie (True where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
 def group_alive(pgid: int) -> bool:
     if not _signal_group(pgid, 0):
         return False
@@ -121,7 +154,7 @@ class _Stopper:
         if self.reason is not None:
             return
         self.reason = reason
-        order = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+        order: list[int] = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
         self.plan = order[order.index(first):]
         self.next_at = now
         self.step(now)
@@ -240,7 +273,7 @@ def _supervise(
                 wake.append(last_output + request.idle_timeout - now)
             if pidfd is None or cancel.cancelled or exited_at is not None:
                 wake.append(0.05)
-            for key, _ in sel.select(max(0.0, min(wake + [1.0]))):
+            for key, _ in sel.select(max(0.0, min([*wake, 1.0]))):
                 if key.data == "out":
                     try:
                         data = os.read(out_fd, CHUNK)
@@ -288,7 +321,7 @@ def _supervise(
         if proc.returncode is None:  # we are unwinding from an error: leave nothing behind
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
-    _reap_group(proc.pid, request.grace)
+    _reap_group(proc.pid, request.grace, cancel)
 
     code = proc.returncode
     sig = -code if code < 0 else None
@@ -303,14 +336,39 @@ def _supervise(
     return Outcome(status, exit_code, proc.pid, started, time.monotonic() - t0, sig, reason, log_error)
 
 
-def _reap_group(pgid: int, grace: float) -> None:
-    """Background jobs the child left in its group (output redirected away) are ended too."""
+def _reap_group(pgid: int, grace: float, cancel: CancelToken | None = None) -> None:
+    """Background jobs the child left in its group (output redirected away) are ended too:
+    SIGTERM, then SIGKILL ``grace`` seconds later (at once after a second Ctrl-C)."""
     if not group_alive(pgid):
         return
     _signal_group(pgid, signal.SIGTERM)
     end = time.monotonic() + grace
-    while time.monotonic() < end:
+    while time.monotonic() < end and not (cancel is not None and cancel.urgent):
         if not group_alive(pgid):
             return
         time.sleep(0.01)
     _signal_group(pgid, signal.SIGKILL)
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time (clock ticks since boot), so a recycled PID is not mistaken for it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rfind(b")") + 2:].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def end_leftover_group(pgid: int, leader_start: str | None, grace: float = GRACE) -> bool:
+    """End what a dead ralph left running: the process group of a step it had started. True if
+    something was still alive. The group is only touched while it is provably the same one: its
+    leader is alive with the recorded start time, or the leader is gone and members remain (a
+    PID that is some group's ID is never handed out again while that group lives)."""
+    if leader_start is None or not group_alive(pgid):
+        return False
+    current = process_start(pgid)
+    if current is not None and current != leader_start:
+        return False  # the PID now belongs to an unrelated process
+    _reap_group(pgid, grace)
+    return True

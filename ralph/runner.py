@@ -16,7 +16,7 @@ from ralph.agents import get_preset
 from ralph.agents.base import AgentContext, AgentReport, Preset
 from ralph.config import Step
 from ralph.console import Console, LineSplitter, make_console
-from ralph.errors import EXIT_FAILED, EXIT_OK
+from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
 from ralph.interrupt import CancelToken, handle_signals
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
@@ -24,7 +24,7 @@ from ralph.runlog import RunLog
 from ralph.scan import StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
-from ralph.store import Store, ensure_dir
+from ralph.store import ResumePoint, Store, ensure_dir
 from ralph.telemetry import Span
 
 
@@ -66,17 +66,23 @@ class ItemLoop:
     """Iterations for one item (or the only loop, outside a batch)."""
 
     def __init__(self, spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
-                 binary: str | None, item: str | None, first_iteration: int = 1,
-                 previous_id: str | None = None) -> None:
+                 binary: str | None, item: str | None, resume: ResumePoint | None = None) -> None:
         self.spec, self.options, self.sv, self.run_span = spec, options, sv, run_span
         self.preset, self.binary, self.item = preset, binary, item
-        self.first_iteration, self.previous_id = first_iteration, previous_id
+        # --resume: number on from where the unfinished run stopped; what it finished counts.
+        self.resume = resume
+        self.first_iteration = resume.last_iteration + 1 if resume else 1
+        self.previous_id = resume.last_session_id if resume else None
 
     def run(self) -> LoopResult:
         until = self.spec.config.until
         max_iterations = self.options.max_iterations or until.max_iterations
         deadline = time.monotonic() + until.max_duration if until.max_duration else None
         failures, cost, last_ok, done = 0, 0.0, False, 0
+        if self.resume is not None:
+            if self.resume.complete:
+                return self._result("complete", "success condition held (before the resume)", 0, True)
+            done, cost = self.resume.finished, self.resume.cost
         iteration = self.first_iteration - 1
         previous = self.previous_id
         while True:
@@ -96,6 +102,9 @@ class ItemLoop:
                 return self._result("interrupted", "interrupted", done, False)
             if result.status == "complete":
                 return self._result("complete", "success condition held", done, True)
+            if not self.spec.workdir.is_dir():  # nothing can run any more: say so once, not per iteration
+                return self._result("failed", f"the working folder {self.spec.workdir} no longer exists", done,
+                                    False)
             last_ok = result.status == "ok"
             failures = 0 if last_ok else failures + 1
             if until.max_consecutive_failures and failures >= until.max_consecutive_failures:
@@ -170,7 +179,7 @@ class ItemLoop:
         return run_step(self.sv, session, span, call, deadline=deadline).ok
 
     def _agent(self, session: Session, span: Span, values: dict[str, object], deadline: float | None) -> AgentResult:
-        from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
+        from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 
         agent = self.spec.config.agent
         retry = agent.retry
@@ -186,6 +195,9 @@ class ItemLoop:
             attempts.append(result)
             return result
 
+        if retry.attempts == 1:  # no retries: what tenacity would return, without building it every iteration
+            return attempt()
+
         def should_retry(result: AgentResult) -> bool:
             if result.outcome.ok or result.matched or self.sv.cancel.cancelled:
                 return False
@@ -200,9 +212,15 @@ class ItemLoop:
             self.sv.console.retry_wait(session, "agent", seconds, len(attempts))
             self.sv.runlog.info("agent retry", session, span, attempt=len(attempts), wait=seconds)
 
+        backoff = wait_exponential_jitter(initial=retry.backoff, max=retry.max_backoff, jitter=retry.backoff / 2)
+
+        def wait(state: RetryCallState) -> float:  # never wait past max_duration
+            left = deadline - time.monotonic() if deadline is not None else float("inf")
+            return max(0.0, min(backoff(state), left))
+
         retrying = Retrying(
             stop=stop_after_attempt(retry.attempts),
-            wait=wait_exponential_jitter(initial=retry.backoff, max=retry.max_backoff, jitter=retry.backoff / 2),
+            wait=wait,
             retry=retry_if_result(should_retry), sleep=self._sleep, before_sleep=before_sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else attempts[-1],
         )
@@ -232,6 +250,7 @@ class ItemLoop:
                 parser.report = report  # attempts of one iteration add up
                 parser_holder.append(parser.feed)
             inv = self.preset.invocation(ctx)
+            env.update(inv.env)  # run_step spawns the agent with this very dict
             return StepCall("agent", "agent", inv.argv, inv.stdin, agent.timeout, agent.idle_timeout, number,
                             show_args=False)
 
@@ -249,11 +268,16 @@ class ItemLoop:
                     until.feed(text.encode("utf-8") + b"\n")
                     retry_on.feed(text.encode("utf-8") + b"\n")
                 if display is not None:
-                    shown.append(display.encode("utf-8"))
+                    shown.extend(display.encode("utf-8").split(b"\n"))  # each line gets the prefix
             self.sv.console.output_lines(session, "agent", shown)
 
-        outcome = run_step(self.sv, session, span, StepCall("agent", "agent", attempt=number), on_output,
-                           show_output=not self.preset.structured, deadline=deadline, prepare=prepare)
+        try:
+            outcome = run_step(self.sv, session, span, StepCall("agent", "agent", attempt=number), on_output,
+                               show_output=not self.preset.structured, deadline=deadline, prepare=prepare)
+        finally:
+            for ctx in ctx_holder:  # however the attempt ended: the preset ends what the agent left running
+                for note in self.preset.cleanup(ctx):
+                    self.sv.runlog.info(note, session, span, step="agent", attempt=number)
         if parser_holder:
             on_output(b"")
             for line in splitter.flush():
@@ -286,7 +310,13 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                                else [None])
     state_dir = ensure_dir(options.state_dir)
     store = Store(state_dir)
-    store.mark_abandoned()
+    notes: list[str] = []
+    store.mark_abandoned(notes.append)
+    resumed = store.unfinished_run(spec.name) if options.resume else None
+    points = store.resume_points(resumed["id"]) if resumed else {}
+    if options.resume:
+        notes.append(f"resuming run {resumed['id']} of loop {spec.name}" if resumed
+                     else f"no unfinished run of loop {spec.name} to resume; starting a new run")
     run_id = new_run_id()
     tel = telemetry.setup(state_dir, spec.config.telemetry)
     batch_id = batching.batch_id(spec.name) if spec.config.batch else None
@@ -294,7 +324,7 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
         tel = batching.TaggedTelemetry(tel, {"ralph.batch": batch_id})
     runlog = RunLog(run_id, state_dir / "logs" / run_id / "ralph.jsonl")
     console = console or make_console(options.json, options.quiet, batch=batch_id is not None)
-    for warning in tel.warnings:
+    for warning in notes + tel.warnings:
         console.warn(warning)
     inbound = {k: os.environ[k] for k in ("TRACEPARENT", "TRACESTATE") if os.environ.get(k)}
     try:
@@ -302,34 +332,63 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             run_span = tel.span("ralph.run", {"ralph.run_id": run_id, "ralph.loop": spec.name}, carrier=inbound)
             store.start_run(run_id, spec.name, str(spec.path.resolve()), trace_id=run_span.trace_id or None,
                             span_id=run_span.span_id or None, batch=batch_id,
-                            shard="/".join(map(str, options.shard)) if options.shard else None)
+                            shard="/".join(map(str, options.shard)) if options.shard else None,
+                            resumed_from=resumed["id"] if resumed else None)
             console.run_start(run_id, spec.name, str(spec.path))
             runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
             sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
                           spec.config.env, {} if tel.enabled else inbound)
-            results: list[LoopResult] | None = None
+            if resumed:
+                run_span.set("ralph.resumed_from", resumed["id"])
+                runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])
             try:
-                results = _run_items(spec, options, sv, run_span, preset, binary, items)
+                results = _run_items(spec, options, sv, run_span, preset, binary, items, points)
+                status, code, detail = _exit_status(results, cancel)
+            except BaseException as exc:
+                status, code, detail = "error", exit_code_for(exc), f"{type(exc).__name__}: {exc}"
+                raise
             finally:
-                status, code, detail = (_exit_status(results, cancel) if results is not None
-                                        else ("error", 3, "internal error"))
-                store.finish_run(run_id, status, code)
-                run_span.set_many({"ralph.outcome": status, "process.exit.code": code})
-                run_span.end(None if code == EXIT_OK else status, detail)
-                runlog.info(f"run {status}", span=run_span, status=status, exit_code=code, detail=detail)
-                console.close()
-                console.run_end(run_id, status, code, detail)
+                # Every record of the run's end is attempted even if one fails (a full disk), and
+                # spans are flushed while a second Ctrl-C is still only a request.
+                _closing([
+                    lambda: store.finish_run(run_id, status, code),
+                    lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
+                    lambda: run_span.end(None if code == EXIT_OK else status, detail),
+                    lambda: runlog.info(f"run {status}", span=run_span, status=status, exit_code=code,
+                                        detail=detail),
+                    console.close,
+                    # An error's one line comes from errors.guard; --json still gets its run.end event.
+                    lambda: console.run_end(run_id, status, code, detail) if status != "error" or options.json
+                    else None,
+                    tel.shutdown,
+                ], failing=status == "error")
     finally:
-        tel.shutdown()
         runlog.close()
         store.close()
     return code
 
 
+def _closing(actions: list[Callable[[], object]], failing: bool) -> None:
+    """Run every action; raise the first failure at the end unless an error is already on its way."""
+    failure: BaseException | None = None
+    for action in actions:
+        try:
+            action()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None and not failing:
+        raise failure
+
+
 def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
-               binary: str | None, items: list[str | None]) -> list[LoopResult]:
+               binary: str | None, items: list[str | None],
+               points: dict[str | None, ResumePoint] | None = None) -> list[LoopResult]:
     def one(item: str | None) -> LoopResult:
-        result = ItemLoop(spec, options, sv, run_span, preset, binary, item).run()
+        try:
+            result = ItemLoop(spec, options, sv, run_span, preset, binary, item, (points or {}).get(item)).run()
+        except BaseException:
+            sv.cancel.stop()  # the run fails as a whole: the other items' children stop now
+            raise
         if item is not None:
             sv.console.item_end(item, result.status, result.reason, result.iterations)
         return result

@@ -10,15 +10,18 @@ import contextlib
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ralph.errors import StateError, UsageError
+from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
@@ -37,13 +40,28 @@ CREATE INDEX IF NOT EXISTS sessions_loop ON sessions (loop, started);
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL,
     kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL, exit_code INTEGER, pid INTEGER,
-    started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT, reason TEXT
+    started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT, reason TEXT, pid_start TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id, id);
 CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 """
+# Each version's upgrade from the one before; a fresh file gets SCHEMA at the newest version.
+MIGRATIONS = {2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;"}
 FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
+# Iterations that ran to their end: what a resumed run counts against max_iterations.
+FINISHED = ("ok", "failed", "complete", "timeout")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where one item (or the only loop) of an unfinished run stopped."""
+
+    last_iteration: int
+    last_session_id: str
+    finished: int  # iterations that ran to their end, over the whole chain of resumed runs
+    cost: float
+    complete: bool  # its last iteration met the success condition: nothing left to do
 
 
 def resolve_state_dir(option: str | os.PathLike[str] | None = None) -> Path:
@@ -53,8 +71,7 @@ def resolve_state_dir(option: str | os.PathLike[str] | None = None) -> Path:
 
 def ensure_dir(path: Path) -> Path:
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (path / "logs").mkdir(exist_ok=True, mode=0o700)  # parents=True would not apply the mode below
+        private_dirs(path / "logs")
     except OSError as exc:
         raise StateError(f"cannot create the state folder {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
@@ -62,17 +79,13 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def process_start(pid: int) -> str | None:
-    """A process's start time, so a recycled PID is not mistaken for a live run."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rfind(b")") + 2:].split()[19].decode()
-    except (OSError, IndexError):
-        return None
+def _stderr(message: str) -> None:
+    print(f"ralph: warning: {message}", file=sys.stderr)
 
 
 def _pid_alive(pid: int | None, start: str | None) -> bool:
+    """A ralph that is still running: same PID, same start time, and not a zombie (a dead ralph
+    whose parent has not reaped it yet still answers kill(0))."""
     if not pid:
         return False
     try:
@@ -81,6 +94,8 @@ def _pid_alive(pid: int | None, start: str | None) -> bool:
         return False
     except PermissionError:
         return True
+    if not process_alive(pid):
+        return False
     current = process_start(pid)
     return start is None or current is None or current == start
 
@@ -91,13 +106,12 @@ class Store:
         self.path = state_dir / "ralph.db"
         if not create and not self.path.exists():
             raise StateError(f"no history at {self.path}")
-        if create:
-            ensure_dir(state_dir)
-            if not self.path.exists():
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self._lock = threading.Lock()
         try:
+            if create:
+                ensure_dir(state_dir)
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             self._db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
@@ -106,11 +120,25 @@ class Store:
             if create:
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            if create and self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                # executescript commits on its own, so the script carries its own transaction.
-                self._db.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
-        except sqlite3.DatabaseError as exc:
+            if create:
+                self._upgrade()
+        except OSError as exc:
+            raise StateError(f"cannot create the history {self.path}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
             raise StateError(f"cannot use the history {self.path}: {exc}") from None
+
+    def _upgrade(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            # Re-read under the write lock: another ralph may have upgraded the file meanwhile.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            upgrades = (MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+            script = SCHEMA if version == 0 else "".join(upgrades)
+            for statement in filter(str.strip, script.split(";")):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
 
     def close(self) -> None:
         with self._lock:
@@ -118,6 +146,8 @@ class Store:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; BEGIN IMMEDIATE takes the write lock up front so the busy
+        timeout, not a deadlock error, settles a race with another ralph."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -133,7 +163,7 @@ class Store:
             with self._lock:
                 cur = self._db.execute(sql, args)
                 return cur.lastrowid or 0
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot write the history {self.path}: {exc}") from None
 
     def _insert(self, table: str, row: Mapping[str, Any]) -> int:
@@ -146,8 +176,11 @@ class Store:
         self._write(f"UPDATE {table} SET {sets} WHERE id = :_key", {**row, "_key": key})  # noqa: S608
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        try:
+            with self._lock:
+                return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot read the history {self.path}: {exc}") from None
 
     # -- writes ---------------------------------------------------------------------------------
     def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
@@ -157,7 +190,18 @@ class Store:
                               "pid_start": process_start(pid), **extra})
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
-        self._update("runs", run_id, {"status": status, "exit_code": exit_code, "ended": time.time()})
+        """The run's end; sessions and steps it left ``running`` (an interrupt, an error) end with it."""
+        left = status if status in ("interrupted", "error") else "abandoned"
+        try:
+            with self._tx() as db:
+                now = time.time()
+                for table in ("steps", "sessions"):
+                    db.execute(f"UPDATE {table} SET status = ?, ended = ? WHERE run_id = ? "  # noqa: S608
+                               "AND status = 'running'", (left, now, run_id))
+                db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
+                           (status, exit_code, now, run_id))
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot write the history {self.path}: {exc}") from None
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         self._update("runs", run_id, fields)
@@ -174,24 +218,41 @@ class Store:
     def start_step(self, **row: Any) -> int:
         return self._insert("steps", {"status": "running", "started": time.time(), **row})
 
+    def step_spawned(self, step_id: int, pid: int) -> None:
+        """The child's PID and start time, so the next ralph can end it if this one dies."""
+        self._update("steps", step_id, {"pid": pid, "pid_start": process_start(pid)})
+
     def finish_step(self, step_id: int, status: str, exit_code: int | None, **fields: Any) -> None:
         self._update("steps", step_id, {"status": status, "exit_code": exit_code, "ended": time.time(),
                                          **fields})
 
-    def mark_abandoned(self) -> list[str]:
-        """Runs left ``running`` by a ralph that died (kill -9, power loss) become ``abandoned``."""
+    def mark_abandoned(self, warn: Callable[[str], None] | None = None) -> list[str]:
+        """Runs left ``running`` by a ralph that died (kill -9, power loss) become ``abandoned``, with
+        their running sessions and steps. A child it left behind (its own process group, so the
+        kill did not reach it) is ended, and ``warn`` is told. A history it cannot write (a full
+        disk) is left as it is, with a warning: reading it must still work."""
         host = socket.gethostname()
         dead = [r["id"] for r in self._query(
             "SELECT id, host, pid, pid_start FROM runs WHERE status = 'running'")
             if r["host"] == host and not _pid_alive(r["pid"], r["pid_start"])]
         for run_id in dead:
-            with self._tx() as db:
-                now = time.time()
-                db.execute("UPDATE steps SET status = 'abandoned', ended = ? WHERE run_id = ? AND "
-                           "status = 'running'", (now, run_id))
-                db.execute("UPDATE sessions SET status = 'abandoned', ended = ? WHERE run_id = ? AND "
-                           "status = 'running'", (now, run_id))
-                db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ?", (now, run_id))
+            leftovers = self._query("SELECT pid, pid_start, session_id, name FROM steps WHERE run_id = ? AND "
+                                    "status = 'running' AND pid IS NOT NULL", (run_id,))
+            try:
+                with self._tx() as db:
+                    now = time.time()
+                    for table in ("steps", "sessions"):
+                        db.execute(f"UPDATE {table} SET status = 'abandoned', ended = ? "  # noqa: S608
+                                   "WHERE run_id = ? AND status = 'running'", (now, run_id))
+                    db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ? "
+                               "AND status = 'running'", (now, run_id))
+            except sqlite3.DatabaseError as exc:  # a repair, not the command's job: say so and go on
+                (warn or _stderr)(f"cannot mark the dead run {run_id} abandoned: {exc}")
+                continue
+            for row in leftovers:
+                if end_leftover_group(row["pid"], row["pid_start"]):
+                    (warn or _stderr)(f"ended process group {row['pid']} ({row['name']} of session "
+                                      f"{row['session_id']}), left running by the dead run {run_id}")
         return dead
 
     # -- reads ----------------------------------------------------------------------------------
@@ -246,6 +307,30 @@ class Store:
         return self._query("SELECT * FROM sessions WHERE run_id = ? ORDER BY started, rowid", (run_id,))
 
     def unfinished_run(self, loop: str) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM runs WHERE loop = ? AND status IN ('abandoned', 'interrupted', "
-                           "'running') ORDER BY started DESC LIMIT 1", (loop,))
+        """The newest run of this loop that stopped before its end (interrupted, ended by an error,
+        or abandoned by a ralph that died) and that no later run has resumed yet."""
+        rows = self._query("SELECT * FROM runs WHERE loop = ? AND status IN ('abandoned', 'interrupted', 'error') "
+                           "AND id NOT IN (SELECT resumed_from FROM runs WHERE resumed_from IS NOT NULL) "
+                           "ORDER BY started DESC, rowid DESC LIMIT 1", (loop,))
         return rows[0] if rows else None
+
+    def resume_points(self, run_id: str) -> dict[str | None, ResumePoint]:
+        """Per item (None outside a batch): where the run, and the runs it resumed, stopped."""
+        chain: list[str] = []
+        current: str | None = run_id
+        while current and current not in chain:
+            chain.append(current)
+            rows = self._query("SELECT resumed_from FROM runs WHERE id = ?", (current,))
+            current = rows[0]["resumed_from"] if rows else None
+        marks = ", ".join("?" * len(chain))
+        sessions = self._query(f"SELECT id, item, iteration, status, cost_usd FROM sessions WHERE run_id IN "  # noqa: S608
+                               f"({marks}) ORDER BY iteration, started, rowid", tuple(chain))
+        points: dict[str | None, ResumePoint] = {}
+        for row in sessions:
+            before = points.get(row["item"])
+            points[row["item"]] = ResumePoint(
+                last_iteration=row["iteration"], last_session_id=row["id"],
+                finished=(before.finished if before else 0) + (row["status"] in FINISHED),
+                cost=(before.cost if before else 0.0) + (row["cost_usd"] or 0.0),
+                complete=row["status"] == "complete")
+        return points

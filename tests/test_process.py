@@ -1,0 +1,190 @@
+"""process.run with real process trees: timeouts, idle timeouts and interrupts end the whole group,
+grandchildren that ignore SIGINT and SIGTERM included; output printed before is kept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from handshake import PY, alive, signals_seen, tree_script, wait_dead, wait_for
+
+from ralph import process
+from ralph.errors import StateError
+from ralph.interrupt import CancelToken
+from ralph.process import GRACE, Request, end_leftover_group, process_start
+
+
+def request(tmp_path: Path, argv: list[str], **kw: object) -> Request:
+    return Request(tuple(argv), tmp_path, dict(os.environ), log_path=tmp_path / "logs" / "step.log", **kw)  # type: ignore[arg-type]
+
+
+def grandchild(tmp_path: Path) -> int:
+    return int((tmp_path / "grandchild.pid").read_text())
+
+
+def test_the_grace_between_signals_is_a_few_seconds_at_most() -> None:
+    # SIGINT -> SIGTERM -> SIGKILL takes 2 * grace end to end.
+    assert 0 < GRACE <= 2.5
+    assert Request(("true",), Path("."), {}).grace == GRACE
+
+
+def test_timeout_ends_the_whole_group_and_keeps_the_output(tmp_path: Path) -> None:
+    script = tree_script(tmp_path)
+    seen: list[bytes] = []
+    outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path)], timeout=1.0, grace=0.2), seen.append)
+    assert outcome.status == "timeout" and outcome.reason == "timeout"
+    assert not alive(int((tmp_path / "child.pid").read_text()))
+    assert wait_dead(grandchild(tmp_path))
+    # The grandchild ignored the polite signals, in order; only SIGKILL ended it.
+    assert signals_seen(tmp_path) == ["SIGINT", "SIGTERM"]
+    log = (tmp_path / "logs" / "step.log").read_text()
+    assert "before the signal: printed and flushed" in log
+    assert b"before the signal" in b"".join(seen)
+
+
+def test_idle_timeout_ends_a_silent_tree_whose_grandchild_left_the_pipe(tmp_path: Path) -> None:
+    script = tree_script(tmp_path)
+    outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path), "detach"], idle_timeout=0.5, grace=0.2))
+    assert outcome.status == "timeout" and outcome.reason == "idle timeout"
+    assert wait_dead(grandchild(tmp_path))
+    assert "SIGTERM" in signals_seen(tmp_path)
+    assert "before the signal" in (tmp_path / "logs" / "step.log").read_text()
+
+
+def test_a_deadline_is_a_timeout(tmp_path: Path) -> None:
+    import time
+
+    outcome = process.run(
+        request(tmp_path, [PY, "-c", "import time; time.sleep(600)"], deadline=time.monotonic() + 0.3, grace=0.2)
+    )
+    assert outcome.status == "timeout"
+
+
+def _interrupt_when_ready(tmp_path: Path, token: CancelToken, presses: int) -> threading.Thread:
+    def press() -> None:
+        wait_for(tmp_path / "ready")
+        token.trigger(2)
+        if presses > 1:
+            wait_for(tmp_path / "signals")  # the grandchild got the first SIGINT
+            token.trigger(2)
+
+    thread = threading.Thread(target=press)
+    thread.start()
+    return thread
+
+
+def test_an_interrupt_escalates_sigint_sigterm_sigkill_to_the_group(tmp_path: Path) -> None:
+    script = tree_script(tmp_path)
+    token = CancelToken()
+    thread = _interrupt_when_ready(tmp_path, token, 1)
+    try:
+        outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path)], grace=0.2), cancel=token)
+    finally:
+        thread.join()
+        token.close()
+    assert outcome.status == "interrupted" and outcome.reason == "interrupted"
+    assert wait_dead(grandchild(tmp_path))
+    assert signals_seen(tmp_path) == ["SIGINT", "SIGTERM"]
+    assert "before the signal" in (tmp_path / "logs" / "step.log").read_text()
+
+
+def test_a_second_interrupt_kills_at_once(tmp_path: Path) -> None:
+    # With a grace of ten minutes, only the second press can end this test: SIGKILL without SIGTERM.
+    script = tree_script(tmp_path)
+    token = CancelToken()
+    thread = _interrupt_when_ready(tmp_path, token, 2)
+    try:
+        outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path)], grace=600), cancel=token)
+    finally:
+        thread.join()
+        token.close()
+    assert outcome.status == "interrupted"
+    assert wait_dead(grandchild(tmp_path))
+    assert signals_seen(tmp_path) == ["SIGINT"]
+
+
+def test_a_background_job_left_in_the_group_is_ended(tmp_path: Path) -> None:
+    # The child exits at once; its background job ignores SIGTERM and writes nowhere we read.
+    script = tree_script(tmp_path)
+    code = (
+        f"import subprocess, sys; subprocess.Popen([sys.executable, {str(script)!r}, {str(tmp_path)!r}, "
+        "'grandchild'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"import pathlib\nwhile not pathlib.Path({str(tmp_path / 'grandchild.ready')!r}).exists(): pass"
+    )
+    outcome = process.run(request(tmp_path, [PY, "-c", code], grace=0.2))
+    assert outcome.status == "ok"
+    assert wait_dead(grandchild(tmp_path))
+    assert signals_seen(tmp_path) == ["SIGTERM"]
+
+
+def test_a_background_job_holding_the_pipe_does_not_hang_the_step(tmp_path: Path) -> None:
+    outcome = process.run(request(tmp_path, ["/bin/sh", "-c", "echo started; sleep 600 & exit 0"], grace=0.2))
+    assert outcome.status == "ok" and outcome.exit_code == 0
+    assert "started" in (tmp_path / "logs" / "step.log").read_text()
+
+
+def test_stdin_is_delivered_and_a_child_that_does_not_read_it_does_not_hang(tmp_path: Path) -> None:
+    big = b"x" * (4 << 20)
+    outcome = process.run(
+        Request(
+            (PY, "-c", "import sys; sys.stdout.write(str(len(sys.stdin.buffer.read())))"),
+            tmp_path,
+            dict(os.environ),
+            big,
+            log_path=tmp_path / "a.log",
+        )
+    )
+    assert outcome.ok and (tmp_path / "a.log").read_text() == str(len(big))
+    outcome = process.run(Request(("/bin/true",), tmp_path, dict(os.environ), big))
+    assert outcome.ok
+
+
+def test_exit_codes_and_signals_are_reported(tmp_path: Path) -> None:
+    assert process.run(Request(("/bin/sh", "-c", "exit 7"), tmp_path, {})).exit_code == 7
+    killed = process.run(Request(("/bin/sh", "-c", "kill -9 $$"), tmp_path, {}))
+    assert (killed.status, killed.exit_code, killed.signal) == ("failed", 137, 9)
+
+
+def test_a_missing_workdir_is_a_clear_error(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    outcome = process.run(Request(("/bin/true",), tmp_path / "gone", {}, log_path=tmp_path / "x.log"), seen.append)
+    assert outcome.status == "error"
+    assert outcome.reason == f"the working folder {tmp_path / 'gone'} does not exist"
+    assert outcome.reason in (tmp_path / "x.log").read_text()
+
+
+def test_a_log_that_cannot_be_written_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StateError, match="cannot write"):
+        process.run(Request(("/bin/true",), tmp_path, {}, log_path=tmp_path / "file" / "x.log"))
+
+
+def test_log_folders_are_private(tmp_path: Path) -> None:
+    log = tmp_path / "a" / "b" / "c.log"
+    process.run(Request(("/bin/true",), tmp_path, {}, log_path=log))
+    assert oct(log.stat().st_mode & 0o777) == oct(0o600)
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_end_leftover_group_ends_only_the_recorded_group(tmp_path: Path) -> None:
+    script = tree_script(tmp_path)
+    proc = subprocess.Popen([PY, str(script), str(tmp_path)], start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(tmp_path / "ready")
+        start = process_start(proc.pid)
+        assert start is not None
+        # A different start time: the PID was recycled, so it is not ours to end.
+        assert not end_leftover_group(proc.pid, str(int(start) + 1), grace=0.2)
+        assert alive(proc.pid)
+        assert end_leftover_group(proc.pid, start, grace=0.2)
+        proc.wait()
+        assert wait_dead(grandchild(tmp_path))
+        assert not end_leftover_group(proc.pid, start, grace=0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
