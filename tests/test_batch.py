@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import PY, ralph, write_loop, yaml_list
 
+from helpers import PY, ralph, write_loop, yaml_list
 from ralph.batch import batch_id, shard_items
 from ralph.dashboard import ItemRow, render_table
 

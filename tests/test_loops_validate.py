@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, ralph
 
+from helpers import ROOT, ralph
 from ralph.batch import shard_items
 
 LOOPS = sorted((ROOT / "loops").glob("*.y*ml"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import PY, ROOT, ralph, write_loop, yaml_list
 
 try:  # `python -m pytest` from the repo root, or tests/ as a package

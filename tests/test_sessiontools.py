@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PY, ROOT, ralph, write_loop, yaml_list
 
+from helpers import PY, ROOT, ralph, write_loop, yaml_list
 from ralph.store import Store
 
 WEIRD = 'it\'s "q" $(touch pwned) `id` \\ $HOME\nsecond line ü'

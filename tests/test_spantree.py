@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 from helpers import PY, ralph, write_loop, yaml_list
-
 from ralph import spantree
 
 DURATION = r"\d+\.\d(ms)?|\d+\.\d\ds"

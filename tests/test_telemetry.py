@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import DUMP_ENV, PY, ROOT, ralph, read_dumps, write_loop, yaml_list
 
 OTEL_CHILD = str(ROOT / "examples" / "otel-child.py")

@@ -1,0 +1,114 @@
+"""What every benchmark shares: a scratch folder, the ralph command, wall time and peak RSS, results.
+
+Each benchmark is a script that measures ralph and its baseline in the same run, alternating them
+so that the noise of a shared 2-core machine hits both alike, and prints one ``RESULT`` JSON line per
+goal for ``benchmarks/run`` to collect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+_SCRIPT = Path(PY).parent / "ralph"
+RALPH = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "ralph"]
+# Bytecode as an installed package has it: the dev env sets PYTHONDONTWRITEBYTECODE and the editable
+# tree has no __pycache__, so cache compiled modules in a scratch folder, never in the source tree.
+PYCACHE = Path(tempfile.gettempdir()) / "ralph-bench-pycache"
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The parent's env without anything that would change what ralph does (no OTEL_*, RALPH_*…)."""
+    out = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RALPH_", "OTEL_", "OPENCODE_")) and k not in ("TRACEPARENT", "TRACESTATE")}
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
+    out["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    out.update(extra)
+    return out
+
+
+@contextlib.contextmanager
+def scratch(name: str) -> Iterator[Path]:
+    """A scratch folder on the same disk as a real ``.ralph`` would be (not tmpfs)."""
+    base = Path(os.environ.get("RALPH_BENCH_DIR") or tempfile.gettempdir())
+    path = Path(tempfile.mkdtemp(prefix=f"ralph-bench-{name}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Run:
+    seconds: float
+    maxrss_mib: float  # ru_maxrss of the process and the descendants it waited for
+    cpu: float  # user + system seconds, the same processes: what a busy machine inflates least
+    code: int
+    stderr: str
+
+
+def timed(argv: Sequence[str], *, env_: dict[str, str] | None = None, cwd: Path | None = None,
+          stdout: int | None = subprocess.DEVNULL, check: bool = True) -> Run:
+    """Wall time and peak RSS of one command, from spawn to reap."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env_ if env_ is not None else env(), cwd=cwd, stdout=stdout,
+                                stderr=err, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode("utf-8", "replace")
+    if check and code != 0:
+        raise SystemExit(f"{' '.join(map(str, argv))} exited {code}:\n{text[-2000:]}")
+    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, code, text)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def warm() -> None:
+    """Fill the bytecode cache so the first measured run does not pay for compiling."""
+    timed([*RALPH, "--help"])
+    timed([PY, "-c", "import ralph.runner, ralph.views, ralph.telemetry, opentelemetry.sdk.trace"])
+
+
+def db_rows(state_dir: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(state_dir / "ralph.db")) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def result(name: str, *, ralph: float, baseline: float | None, unit: str, goal: str, ok: bool | None,
+           ratio: float | None = None, **extra: object) -> None:
+    """One goal's figure: printed for people, and as a RESULT line for ``benchmarks/run``."""
+    verdict = "n/a" if ok is None else ("PASS" if ok else "FAIL")
+    base = "" if baseline is None else f"  baseline {baseline:.3f} {unit}"
+    rat = "" if ratio is None else f"  ratio {ratio:.2f}"
+    print(f"{name}: ralph {ralph:.3f} {unit}{base}{rat}  goal {goal}  {verdict}", flush=True)
+    print("RESULT " + json.dumps({"name": name, "ralph": round(ralph, 4),
+                                  "baseline": None if baseline is None else round(baseline, 4),
+                                  "ratio": None if ratio is None else round(ratio, 3), "unit": unit,
+                                  "goal": goal, "ok": ok, **extra}), flush=True)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

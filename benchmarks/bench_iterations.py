@@ -1,0 +1,65 @@
+"""Per-iteration overhead: 500 iterations of /bin/true as the agent vs a bash ``for`` loop running
+/bin/true 500 times with two session variables set. Goal: ralph ≤ 2x the bash loop.
+
+ralph runs as users run it: ``ralph run loop.yaml --quiet`` with the store, step logs and the file
+trace exporter on, start-up and the final trace flush included. Each round times bash and ralph back
+to back and the goal is judged on the median of the rounds' ratios (other work on the machine then
+slows both sides alike). ralph's own timestamps split its time into start-up, the iterations and
+the exit, and give the steady per-iteration cost next to bash's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+from _bench import RALPH, db_rows, median, result, scratch, timed, warm, write
+
+BASH = ('for i in $(seq {n}); do OPENCODE_SESSION_ID="ses_$i" OPENCODE_SESSION_TITLE="bench #$i" /bin/true; '
+        'done')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n = args.iterations
+    warm()
+    with scratch("iter") as tmp:
+        loop = write(tmp / "loop.yaml", f"name: bench-iter\ntitle: 'bench #{{iteration}}'\n"
+                     f"agent:\n  command: [/bin/true]\nuntil:\n  max_iterations: {n}\n")
+        state = tmp / "state"
+        rounds = []
+        for _ in range(args.rounds):
+            bash = timed(["bash", "-c", BASH.format(n=n)]).seconds
+            shutil.rmtree(state, ignore_errors=True)
+            began = time.time()
+            ralph = timed([*RALPH, "run", str(loop), "--quiet", "--state-dir", str(state)]).seconds
+            (run_start, run_end), = db_rows(state, "SELECT started, ended FROM runs")
+            (first, last, ok), = db_rows(state, "SELECT min(started), max(ended), sum(status = 'ok') FROM sessions")
+            logs = len(list((state / "logs").glob("*/*/agent.log")))
+            assert ok == n and logs == n, (ok, logs)
+            assert (state / "traces.jsonl").stat().st_size > 0
+            rounds.append({"bash": bash, "ralph": ralph, "start": run_start - began, "loop": last - first,
+                           "exit": began + ralph - run_end})
+        for r in rounds:
+            print(f"bash {r['bash']:.3f} s | ralph {r['ralph']:.3f} s = start-up {r['start']:.3f} + "
+                  f"{n} iterations {r['loop']:.3f} ({r['loop'] / n * 1000:.2f} ms each) + exit {r['exit']:.3f}"
+                  f" | ratio {r['ralph'] / r['bash']:.2f}")
+        ratio = median([r["ralph"] / r["bash"] for r in rounds])
+        steady = median([r["loop"] / r["bash"] for r in rounds])
+        per_ralph, per_bash = median([r["loop"] / n for r in rounds]), median([r["bash"] / n for r in rounds])
+        start, end = median([r["start"] for r in rounds]), median([r["exit"] for r in rounds])
+        print(f"median per iteration: ralph {per_ralph * 1000:.2f} ms, bash {per_bash * 1000:.2f} ms; "
+              f"start-up {start:.3f} s, exit {end:.3f} s")
+        result(f"iterations: {n} x /bin/true, whole run", ralph=median([r["ralph"] for r in rounds]),
+               baseline=median([r["bash"] for r in rounds]), unit="s", ratio=ratio, goal="ralph <= 2x bash",
+               ok=ratio <= 2)
+        result(f"iterations: {n} x /bin/true, iterations only (no start-up/exit)", ralph=per_ralph * 1000,
+               baseline=per_bash * 1000, unit="ms/iteration", ratio=steady, goal="record", ok=None)
+
+
+if __name__ == "__main__":
+    main()
