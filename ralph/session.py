@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import string
 import threading
 import time
@@ -29,7 +28,14 @@ def _new_id(prefix: str) -> str:
             _last[0], _last[1] = now, 0
         _last[1] += 1
         value = (now * 0x1000 + _last[1]) & 0xFFFF_FFFF_FFFF
-    tail = "".join(secrets.choice(_BASE62) for _ in range(14))
+    # One urandom read per ID (not one per character); 62**14 < 2**88 and the modulo bias of
+    # 128 random bits is negligible.
+    rest = int.from_bytes(os.urandom(16), "big")
+    chars = []
+    for _ in range(14):
+        rest, digit = divmod(rest, 62)
+        chars.append(_BASE62[digit])
+    tail = "".join(chars)
     return f"{prefix}_{value:012x}{tail}"
 
 
