@@ -22,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    # Plain help and usage errors: typer's Rich help pulls in rich.markdown and friends, ~75 ms on
+    # every `ralph --help` (the start-up budget is 250 ms).
+    rich_markup_mode=None,
 )
 
 StateDir = Annotated[
