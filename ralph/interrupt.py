@@ -42,15 +42,13 @@ class CancelToken:
         self.presses += 1
         if self.signum is None:
             self.signum = signum
-        self._event.set()
-        with contextlib.suppress(OSError):  # already readable (or closed at shutdown): enough
-            os.write(self._w, b"x")
+        self.stop()
 
     def stop(self) -> None:
-        """Cancel from inside (one batch item failed hard): children stop as on a first Ctrl-C,
-        but the run is not recorded as interrupted by a signal."""
+        """Cancel. Called from inside (one batch item failed hard), children stop as on a first
+        Ctrl-C, but the run is not recorded as interrupted by a signal."""
         self._event.set()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # already readable (or closed at shutdown): enough
             os.write(self._w, b"x")
 
     def wait(self, seconds: float) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import selectors
 import signal
@@ -112,26 +113,34 @@ def group_members(pgid: int) -> list[int]:
             if not entry.name.isdigit():
                 continue
             try:
-                with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                    stat = fh.read()
+                fields = _stat_fields(entry.name)
             except OSError:
                 continue
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in _DEAD:
                 members.append(int(entry.name))
     return members
+
+
+_DEAD = (b"Z", b"X")  # zombie, dead: in /proc, but no longer running
+
+
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """/proc/PID/stat after the command name (which may hold spaces and parentheses): state first,
+    then ppid, pgrp, …; OSError if there is no such process (or no /proc)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    return stat[stat.rfind(b")") + 2:].split()
 
 
 def process_alive(pid: int) -> bool:
     """Not a zombie (True where /proc cannot tell)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
+        fields = _stat_fields(pid)
     except FileNotFoundError:
         return not os.path.isdir("/proc/self")
     except OSError:
         return True
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+    return (fields[0] if fields else b"") not in _DEAD
 
 
 def group_alive(pgid: int) -> bool:
@@ -338,17 +347,12 @@ def _supervise(
     return Outcome(status, exit_code, proc.pid, started, time.monotonic() - t0, sig, reason, log_error)
 
 
-_tuned: list[bool] = []
-
-
+@functools.cache  # once per process
 def _reuse_chunk_memory() -> None:
     """A chatty child makes ralph allocate and free a CHUNK-sized bytes object per read. glibc serves
     blocks that big with mmap and unmaps them on free, so every chunk faults in a fresh megabyte:
     about a tenth of the streaming time. Serving them from the heap reuses the same pages. Done once,
     and only for a child that fills whole chunks (other runs never load ctypes)."""
-    if _tuned:
-        return
-    _tuned.append(True)
     try:
         import ctypes
 
@@ -376,9 +380,7 @@ def _reap_group(pgid: int, grace: float, cancel: CancelToken | None = None) -> N
 def process_start(pid: int) -> str | None:
     """A process's start time (clock ticks since boot), so a recycled PID is not mistaken for it."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rfind(b")") + 2:].split()[19].decode()
+        return _stat_fields(pid)[19].decode()
     except (OSError, IndexError):
         return None
 

@@ -100,6 +100,16 @@ def _pid_alive(pid: int | None, start: str | None) -> bool:
     return start is None or current is None or current == start
 
 
+def _close_running(db: sqlite3.Connection, run_id: str, status: str) -> float:
+    """Inside a transaction: the run's steps and sessions still ``running`` end with ``status``, now
+    (returned, for the run's own row)."""
+    now = time.time()
+    for table in ("steps", "sessions"):
+        db.execute(f"UPDATE {table} SET status = ?, ended = ? WHERE run_id = ? "  # noqa: S608 - our names
+                   "AND status = 'running'", (status, now, run_id))
+    return now
+
+
 class Store:
     def __init__(self, state_dir: Path, create: bool = True) -> None:
         self.state_dir = state_dir
@@ -194,10 +204,7 @@ class Store:
         left = status if status in ("interrupted", "error") else "abandoned"
         try:
             with self._tx() as db:
-                now = time.time()
-                for table in ("steps", "sessions"):
-                    db.execute(f"UPDATE {table} SET status = ?, ended = ? WHERE run_id = ? "  # noqa: S608
-                               "AND status = 'running'", (left, now, run_id))
+                now = _close_running(db, run_id, left)
                 db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
                            (status, exit_code, now, run_id))
         except sqlite3.DatabaseError as exc:
@@ -240,10 +247,7 @@ class Store:
                                     "status = 'running' AND pid IS NOT NULL", (run_id,))
             try:
                 with self._tx() as db:
-                    now = time.time()
-                    for table in ("steps", "sessions"):
-                        db.execute(f"UPDATE {table} SET status = 'abandoned', ended = ? "  # noqa: S608
-                                   "WHERE run_id = ? AND status = 'running'", (now, run_id))
+                    now = _close_running(db, run_id, "abandoned")
                     db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ? "
                                "AND status = 'running'", (now, run_id))
             except sqlite3.DatabaseError as exc:  # a repair, not the command's job: say so and go on
