@@ -112,3 +112,12 @@ def result(name: str, *, ralph: float, baseline: float | None, unit: str, goal: 
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def loop_file(folder: Path, name: str, command: Sequence[str], iterations: int, *, title: str | None = None,
+              until: str = "", file: str = "loop.yaml") -> Path:
+    """``folder/file``: ``command`` as the agent (exec'd, no shell) for ``iterations``; ``until``
+    adds lines to the until: section."""
+    head = f"name: {name}\n" + (f"title: '{title}'\n" if title else "")
+    return write(folder / file, f"{head}agent:\n  command: {list(command)!r}\n"
+                 f"until:\n  max_iterations: {iterations}\n{until}")

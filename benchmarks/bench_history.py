@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from _bench import PY, RALPH, db_rows, env, median, result, scratch, timed, warm, write
+from _bench import PY, RALPH, db_rows, env, loop_file, median, result, scratch, timed, warm
 
 from ralph.store import Store
 
@@ -139,8 +139,7 @@ def db_bytes(state: Path) -> int:
 
 def growth_per_session(tmp: Path, n: int) -> tuple[float, float, float]:
     """Bytes per session of ralph.db, traces.jsonl and ralph.jsonl, from a real run of n no-op iterations."""
-    loop = write(tmp / "grow.yaml", f"name: bench-grow\ntitle: 'grow #{{iteration}}'\nagent:\n  command: [/bin/true]\n"
-                 f"until:\n  max_iterations: {n}\n")
+    loop = loop_file(tmp, "bench-grow", ["/bin/true"], n, title="grow #{iteration}", file="grow.yaml")
     state = tmp / "grow"
     timed([*RALPH, "run", str(loop), "--quiet", "--state-dir", str(state), "--max-iterations", "1"])
     db0, tr0 = db_bytes(state), (state / "traces.jsonl").stat().st_size

@@ -14,7 +14,7 @@ import argparse
 import shutil
 import time
 
-from _bench import RALPH, db_rows, median, result, scratch, timed, warm, write
+from _bench import RALPH, db_rows, loop_file, median, result, scratch, timed, warm
 
 BASH = ('for i in $(seq {n}); do OPENCODE_SESSION_ID="ses_$i" OPENCODE_SESSION_TITLE="bench #$i" /bin/true; '
         'done')
@@ -28,8 +28,7 @@ def main() -> None:
     n = args.iterations
     warm()
     with scratch("iter") as tmp:
-        loop = write(tmp / "loop.yaml", f"name: bench-iter\ntitle: 'bench #{{iteration}}'\n"
-                     f"agent:\n  command: [/bin/true]\nuntil:\n  max_iterations: {n}\n")
+        loop = loop_file(tmp, "bench-iter", ["/bin/true"], n, title="bench #{iteration}")
         state = tmp / "state"
         rounds = []
         for _ in range(args.rounds):

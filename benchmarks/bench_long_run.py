@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from _bench import RALPH, db_rows, result, scratch, timed, warm, write
+from _bench import RALPH, db_rows, loop_file, result, scratch, timed, warm
 
 PROBE = ('case "$RALPH_ITERATION" in {points}) '
          'echo "$RALPH_ITERATION $(grep VmRSS /proc/$PPID/status | tr -s " " | cut -d" " -f2)" >> {out};; esac')
@@ -24,8 +24,7 @@ def main() -> None:
     with scratch("long") as tmp:
         out = tmp / "rss.txt"
         script = PROBE.format(points="|".join(map(str, points)), out=out)
-        loop = write(tmp / "loop.yaml", f"name: bench-long\nagent:\n  command: ['/bin/sh', '-c', {script!r}]\n"
-                     f"until:\n  max_iterations: {n}\n")
+        loop = loop_file(tmp, "bench-long", ["/bin/sh", "-c", script], n)
         state = tmp / "state"
         run = timed([*RALPH, "run", str(loop), "--quiet", "--state-dir", str(state)])
         assert db_rows(state, "SELECT count(*) FROM sessions WHERE status = 'ok'")[0][0] == n

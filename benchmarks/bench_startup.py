@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 
-from _bench import PY, RALPH, median, result, scratch, timed, warm, write
+from _bench import PY, RALPH, loop_file, median, result, scratch, timed, warm
 
 
 def main() -> None:
@@ -17,8 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     warm()
     with scratch("start") as tmp:
-        loop = write(tmp / "loop.yaml", "name: bench-start\ntitle: 'start #{iteration}'\n"
-                     "agent:\n  command: [/bin/true]\nuntil:\n  max_iterations: 1\n")
+        loop = loop_file(tmp, "bench-start", ["/bin/true"], 1, title="start #{iteration}")
         state = tmp / "state"
         cases = {
             "ralph --help": [*RALPH, "--help"],

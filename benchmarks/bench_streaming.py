@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from _bench import HERE, PY, RALPH, db_rows, median, result, scratch, timed, warm, write
+from _bench import HERE, PY, RALPH, db_rows, loop_file, median, result, scratch, timed, warm
 
 
 def ralph_once(loop: Path, state: Path, quiet: bool, size: int) -> tuple[float, float, float]:
@@ -44,8 +44,7 @@ def main() -> None:
     flood = [PY, str(HERE / "_flood.py"), str(args.mib)]
     warm()
     with scratch("stream") as tmp:
-        loop = write(tmp / "loop.yaml", f"name: bench-stream\nagent:\n  command: {flood!r}\n"
-                     "until:\n  max_iterations: 1\n  output_contains: '<promise>COMPLETE</promise>'\n")
+        loop = loop_file(tmp, "bench-stream", flood, 1, until="  output_contains: '<promise>COMPLETE</promise>'\n")
         out = tmp / "cat.out"
         cat_s, quiet, mirror = [], [], []
         for _ in range(args.rounds):

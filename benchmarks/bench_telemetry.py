@@ -15,7 +15,7 @@ import json
 import shutil
 import socket
 
-from _bench import RALPH, env, median, result, scratch, timed, warm, write
+from _bench import RALPH, env, loop_file, median, result, scratch, timed, warm
 
 
 def free_port() -> int:
@@ -42,8 +42,7 @@ def main() -> None:
         "never answers (grpc)": {"OTEL_EXPORTER_OTLP_ENDPOINT": mute, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
     }
     with scratch("otel") as tmp:
-        loop = write(tmp / "loop.yaml", f"name: bench-otel\nagent:\n  command: [/bin/true]\n"
-                     f"until:\n  max_iterations: {n}\n")
+        loop = loop_file(tmp, "bench-otel", ["/bin/true"], n)
         state = tmp / "state"
         times: dict[str, list[float]] = {name: [] for name in variants}
         warned: dict[str, bool] = {}

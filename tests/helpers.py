@@ -31,6 +31,15 @@ def ralph(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
                           capture_output=True, timeout=timeout, check=False)
 
 
+def imported_modules(*args: str) -> list[str]:
+    """Every module ``ralph ARGS`` imports (``python -X importtime``), dependencies included."""
+    proc = subprocess.run([PY, "-X", "importtime", "-m", "ralph", *args], capture_output=True, text=True,
+                          check=False, timeout=60)
+    names = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
+    assert "ralph" in names or "ralph.cli" in names, proc.stderr[-2000:]
+    return names
+
+
 def write_loop(folder: Path, text: str, name: str = "loop.yaml") -> Path:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from handshake import PY, alive, db_rows, signals_seen, spans, tree_script, wait_dead, wait_for, wait_for_text
 
-from helpers import write_loop, yaml_list
+from helpers import ralph, write_loop, yaml_list
 
 
 def start_ralph(*args: str, cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -137,9 +137,7 @@ def test_timeouts_end_the_tree_and_are_recorded_as_timeout(tmp_path: Path, isola
     loop, folder = tree_loop(tmp_path)
     text = loop.read_text().replace("until:", "  timeout: 1s\nuntil:").replace("max_iterations: 3", "max_iterations: 1")
     loop.write_text(text)
-    proc = subprocess.run(
-        [PY, "-m", "ralph", "run", str(loop)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = ralph("run", str(loop), cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert wait_dead(int((folder / "grandchild.pid").read_text()))
     assert signals_seen(folder) == ["SIGINT", "SIGTERM"]
@@ -161,9 +159,7 @@ def test_idle_timeout_is_recorded_as_timeout(tmp_path: Path, isolated: Path) -> 
         until: {{max_iterations: 1}}
         """,
     )
-    proc = subprocess.run(
-        [PY, "-m", "ralph", "run", str(loop)], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-    )
+    proc = ralph("run", str(loop), cwd=tmp_path)
     assert proc.returncode == 1
     (step,) = db_rows(isolated, "SELECT * FROM steps")
     assert (step["status"], step["reason"]) == ("timeout", "idle timeout")

@@ -14,7 +14,7 @@ from handshake import PY, alive, signals_seen, tree_script, wait_dead, wait_for
 from ralph import process
 from ralph.errors import StateError
 from ralph.interrupt import CancelToken
-from ralph.process import GRACE, Request, end_leftover_group, process_start
+from ralph.process import GRACE, Outcome, Request, end_leftover_group, process_start
 
 
 def request(tmp_path: Path, argv: list[str], **kw: object) -> Request:
@@ -63,7 +63,11 @@ def test_a_deadline_is_a_timeout(tmp_path: Path) -> None:
     assert outcome.status == "timeout"
 
 
-def _interrupt_when_ready(tmp_path: Path, token: CancelToken, presses: int) -> threading.Thread:
+def interrupted_tree(tmp_path: Path, presses: int, grace: float) -> Outcome:
+    """Run the tree script and press Ctrl-C ``presses`` times, the first once it is ready, the second
+    once its grandchild has seen the first."""
+    token = CancelToken()
+
     def press() -> None:
         wait_for(tmp_path / "ready")
         token.trigger(2)
@@ -73,18 +77,16 @@ def _interrupt_when_ready(tmp_path: Path, token: CancelToken, presses: int) -> t
 
     thread = threading.Thread(target=press)
     thread.start()
-    return thread
-
-
-def test_an_interrupt_escalates_sigint_sigterm_sigkill_to_the_group(tmp_path: Path) -> None:
-    script = tree_script(tmp_path)
-    token = CancelToken()
-    thread = _interrupt_when_ready(tmp_path, token, 1)
     try:
-        outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path)], grace=0.2), cancel=token)
+        return process.run(request(tmp_path, [PY, str(tree_script(tmp_path)), str(tmp_path)], grace=grace),
+                           cancel=token)
     finally:
         thread.join()
         token.close()
+
+
+def test_an_interrupt_escalates_sigint_sigterm_sigkill_to_the_group(tmp_path: Path) -> None:
+    outcome = interrupted_tree(tmp_path, presses=1, grace=0.2)
     assert outcome.status == "interrupted" and outcome.reason == "interrupted"
     assert wait_dead(grandchild(tmp_path))
     assert signals_seen(tmp_path) == ["SIGINT", "SIGTERM"]
@@ -93,14 +95,7 @@ def test_an_interrupt_escalates_sigint_sigterm_sigkill_to_the_group(tmp_path: Pa
 
 def test_a_second_interrupt_kills_at_once(tmp_path: Path) -> None:
     # With a grace of ten minutes, only the second press can end this test: SIGKILL without SIGTERM.
-    script = tree_script(tmp_path)
-    token = CancelToken()
-    thread = _interrupt_when_ready(tmp_path, token, 2)
-    try:
-        outcome = process.run(request(tmp_path, [PY, str(script), str(tmp_path)], grace=600), cancel=token)
-    finally:
-        thread.join()
-        token.close()
+    outcome = interrupted_tree(tmp_path, presses=2, grace=600)
     assert outcome.status == "interrupted"
     assert wait_dead(grandchild(tmp_path))
     assert signals_seen(tmp_path) == ["SIGINT"]

@@ -158,21 +158,18 @@ def busy_loop(tmp_path: Path, name: str, barrier: Path, iterations: int, batch: 
     )
 
 
+def start_run(loop: Path, cwd: Path) -> subprocess.Popen[str]:
+    """``ralph run LOOP -q`` in the background; its stdout and stderr come back from communicate()."""
+    return subprocess.Popen([PY, "-m", "ralph", "run", str(loop), "-q"], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_concurrent_runs_share_one_history(tmp_path: Path, isolated: Path) -> None:
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     names = ["alpha", "beta", "gamma"]
     loops = [busy_loop(tmp_path, n, barrier, 15) for n in names]
-    procs = [
-        subprocess.Popen(
-            [PY, "-m", "ralph", "run", str(loop), "-q"],
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for loop in loops
-    ]
+    procs = [start_run(loop, tmp_path) for loop in loops]
     try:
         for n in names:
             wait_for(barrier / f"{n}-x.started")
@@ -206,13 +203,7 @@ def test_parallel_batch_items_share_one_history(tmp_path: Path, isolated: Path) 
     barrier.mkdir()
     items = [f"item-{n}" for n in range(8)]
     loop = busy_loop(tmp_path, "fleet", barrier, 6, batch=f"batch: {{items: {json.dumps(items)}, parallel: 8}}\n")
-    proc = subprocess.Popen(
-        [PY, "-m", "ralph", "run", str(loop), "-q"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(loop, tmp_path)
     try:
         for item in items:
             wait_for(barrier / f"fleet-{item}.started")  # all eight at once
@@ -240,16 +231,7 @@ def test_many_ralphs_can_create_the_same_history_at_once(tmp_path: Path, isolate
         until: {{max_iterations: 3}}
         """,
     )
-    procs = [
-        subprocess.Popen(
-            [PY, "-m", "ralph", "run", str(loop), "-q"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]
+    procs = [start_run(loop, tmp_path) for _ in range(6)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, errors
     assert db_rows(isolated, "SELECT count(*) AS n FROM sessions WHERE status = 'ok'") == [{"n": 18}]

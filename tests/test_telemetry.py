@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import DUMP_ENV, PY, ROOT, ralph, read_dumps, write_loop, yaml_list
+from helpers import DUMP_ENV, PY, ROOT, imported_modules, ralph, read_dumps, write_loop, yaml_list
 
 OTEL_CHILD = str(ROOT / "examples" / "otel-child.py")
 # Flags: sampled (01), plus "random trace ID" (02) on traces that ralph itself starts.
@@ -658,28 +658,12 @@ def test_metrics_record_cost_and_tokens_by_loop_and_outcome() -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["validate", "LOOP"], ["sessions"], ["show", "nothing"]])
 def test_commands_that_export_nothing_do_not_import_opentelemetry(tmp_path: Path, args: list[str]) -> None:
-    import subprocess
-
     loop = write_loop(tmp_path, 'name: lazy\nagent: {command: "true"}\n')
-    argv = [str(loop) if a == "LOOP" else a for a in args]
-    result = subprocess.run(
-        [PY, "-X", "importtime", "-m", "ralph", *argv], capture_output=True, text=True, check=False, timeout=60
-    )
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
-    assert "ralph" in imported or "ralph.cli" in imported, result.stderr[-2000:]
+    imported = imported_modules(*[str(loop) if a == "LOOP" else a for a in args])
     assert not [m for m in imported if m.startswith("opentelemetry")]
 
 
 def test_a_run_does_import_opentelemetry(tmp_path: Path) -> None:
     """The control for the test above: the same check sees the import when there is one."""
-    import subprocess
-
     loop = write_loop(tmp_path, 'name: lazy\nagent: {command: "true"}\nuntil: {max_iterations: 1}\n')
-    run = subprocess.run(
-        [PY, "-X", "importtime", "-m", "ralph", "run", str(loop)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert any(line.rsplit("|", 1)[-1].strip().startswith("opentelemetry") for line in run.stderr.splitlines())
+    assert any(m.startswith("opentelemetry") for m in imported_modules("run", str(loop)))
