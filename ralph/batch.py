@@ -8,7 +8,6 @@ coordination and a tracing backend can show the batch whole.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Mapping
@@ -62,6 +61,8 @@ def load_items(spec: LoopSpec) -> list[str]:
 
 
 def _rank_key(item: str) -> tuple[bytes, str]:
+    import hashlib  # here: hashlib loads OpenSSL, ~5 ms of every run's start-up for batches only
+
     return hashlib.sha256(item.encode("utf-8")).digest(), item
 
 

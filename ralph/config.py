@@ -7,9 +7,27 @@ shapes and values, so ``ralph schema`` can print the JSON Schema straight from i
 from __future__ import annotations
 
 import re
+import sys
+import types
 from typing import Annotated, Any, Literal
 
-from pydantic import (
+
+def _skip_pydantic_plugin_lookup() -> None:
+    """pydantic looks for plugins (the entry points of every installed distribution) when it builds
+    its first model: importing ``importlib.metadata`` for that, and the ``email`` package it pulls in,
+    is 25-60 ms of every ``ralph validate`` and ``run``. Plugins instrument a program's own models;
+    these models are ralph's config file, so none apply. pydantic imports only ``get_plugins`` from
+    this module (checked by tests/test_config.py); a process that loaded the real one keeps it."""
+    name = "pydantic.plugin._loader"
+    if name not in sys.modules:
+        stub = types.ModuleType(name, "ralph: no pydantic plugins for the loop file's models")
+        stub.get_plugins = lambda: ()  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+
+
+_skip_pydantic_plugin_lookup()
+
+from pydantic import (  # noqa: E402 (after the stub above)
     AfterValidator,
     BaseModel,
     BeforeValidator,

@@ -179,8 +179,6 @@ class ItemLoop:
         return run_step(self.sv, session, span, call, deadline=deadline).ok
 
     def _agent(self, session: Session, span: Span, values: dict[str, object], deadline: float | None) -> AgentResult:
-        from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
-
         agent = self.spec.config.agent
         retry = agent.retry
         prompt = render(self.spec.prompt, values) if self.spec.prompt is not None else None
@@ -197,6 +195,7 @@ class ItemLoop:
 
         if retry.attempts == 1:  # no retries: what tenacity would return, without building it every iteration
             return attempt()
+        from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential_jitter
 
         def should_retry(result: AgentResult) -> bool:
             if result.outcome.ok or result.matched or self.sv.cancel.cancelled:

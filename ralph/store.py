@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sqlite3
 import sys
 import threading
@@ -77,6 +76,10 @@ def ensure_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise StateError(f"the state folder {path} is not writable")
     return path
+
+
+def _hostname() -> str:
+    return os.uname().nodename  # socket.gethostname()'s answer, without importing socket at start-up
 
 
 def _stderr(message: str) -> None:
@@ -196,7 +199,7 @@ class Store:
     def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
         pid = os.getpid()
         self._insert("runs", {"id": run_id, "loop": loop, "loop_file": loop_file, "status": "running",
-                              "started": time.time(), "host": socket.gethostname(), "pid": pid,
+                              "started": time.time(), "host": _hostname(), "pid": pid,
                               "pid_start": process_start(pid), **extra})
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
@@ -238,7 +241,7 @@ class Store:
         their running sessions and steps. A child it left behind (its own process group, so the
         kill did not reach it) is ended, and ``warn`` is told. A history it cannot write (a full
         disk) is left as it is, with a warning: reading it must still work."""
-        host = socket.gethostname()
+        host = _hostname()
         dead = [r["id"] for r in self._query(
             "SELECT id, host, pid, pid_start FROM runs WHERE status = 'running'")
             if r["host"] == host and not _pid_alive(r["pid"], r["pid_start"])]

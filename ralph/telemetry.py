@@ -205,12 +205,11 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
     local: list[Callable[[], Any]] = []  # flushed in order, fully: traces.jsonl must be complete
     remote: list[Callable[[], Any]] = []  # flushed side by side, within a budget
     if config.file:
-        from opentelemetry.exporter.otlp.json.file import FileSpanExporter
-
+        file_exporter = exporters.load_leaf("opentelemetry.exporter.otlp.json.file.trace_exporter", "FileSpanExporter")
         fd = os.open(state_dir / "traces.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         stream = os.fdopen(fd, "a", encoding="utf-8")
         # At most 128 spans a line: encoding 512 at once grows the heap by MBs it never gives back.
-        processor = BatchSpanProcessor(FileSpanExporter(stream=stream), schedule_delay_millis=1000,
+        processor = BatchSpanProcessor(file_exporter(stream=stream), schedule_delay_millis=1000,
                                        max_export_batch_size=128)
         provider.add_span_processor(processor)
         local += [processor.shutdown, stream.close]  # the exporter leaves the stream open

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from helpers import ralph
+from helpers import imported_modules, ralph, write_loop
 from ralph.config import parse_duration, unknown_placeholders
 
 
@@ -50,3 +50,24 @@ def test_version() -> None:
 
     result = ralph("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"ralph {__version__}"
+
+
+def test_validate_skips_pydantic_plugin_lookup(tmp_path) -> None:
+    """pydantic's plugin lookup imports importlib.metadata (and email) and scans every installed
+    distribution: 25-60 ms of each start. ralph stands in for it (``config._skip_pydantic_plugin_lookup``)."""
+    loop = write_loop(tmp_path, 'name: quick\nagent: {command: "true"}\n')
+    imported = imported_modules("validate", str(loop))
+    assert "pydantic" in imported and "ralph.config" in imported
+    assert not [m for m in imported if m.startswith(("importlib.metadata", "email"))]
+
+
+def test_pydantic_still_looks_up_plugins_where_ralph_stands_in() -> None:
+    """The stand-in replaces ``pydantic.plugin._loader``, of which pydantic uses ``get_plugins`` only:
+    if a pydantic upgrade moves the lookup, this says so (the stand-in would then be inert)."""
+    import inspect
+
+    import pydantic.plugin._schema_validator as schema_validator
+
+    source = inspect.getsource(schema_validator)
+    assert "from ._loader import get_plugins" in source
+    assert source.count("_loader") == 1

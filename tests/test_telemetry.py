@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -663,7 +664,29 @@ def test_commands_that_export_nothing_do_not_import_opentelemetry(tmp_path: Path
     assert not [m for m in imported if m.startswith("opentelemetry")]
 
 
-def test_a_run_does_import_opentelemetry(tmp_path: Path) -> None:
-    """The control for the test above: the same check sees the import when there is one."""
+def test_a_run_imports_the_trace_exporter_but_not_the_sdk_metrics(tmp_path: Path, isolated: Path) -> None:
+    """The control for the test above: the same check sees the import when there is one. The JSON
+    file exporter's package would import the SDK's metrics too; a run that exports no metrics
+    loads only the trace exporter module (``exporters.load_leaf``)."""
     loop = write_loop(tmp_path, 'name: lazy\nagent: {command: "true"}\nuntil: {max_iterations: 1}\n')
-    assert any(m.startswith("opentelemetry") for m in imported_modules("run", str(loop)))
+    imported = imported_modules("run", str(loop))
+    # (importtime lists what the trace exporter module imports, not the module importlib loads)
+    assert "opentelemetry.exporter.otlp.json.common.trace_encoder" in imported
+    assert not [m for m in imported if m.startswith(("opentelemetry.sdk.metrics", "tenacity"))]
+    assert (isolated / "traces.jsonl").stat().st_size > 0
+
+
+def test_the_exporter_package_still_imports_after_its_trace_exporter_alone() -> None:
+    """``load_leaf`` leaves no stand-in behind: the package imported later runs its ``__init__`` and
+    hands out the very class the run used."""
+    code = (
+        "import sys\n"
+        "from ralph.exporters import load_leaf\n"
+        "leaf = load_leaf('opentelemetry.exporter.otlp.json.file.trace_exporter', 'FileSpanExporter')\n"
+        "assert 'opentelemetry.exporter.otlp.json.file' not in sys.modules\n"
+        "from opentelemetry.exporter.otlp.json.file import FileSpanExporter, FileMetricExporter\n"
+        "assert FileSpanExporter is leaf, (FileSpanExporter, leaf)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
