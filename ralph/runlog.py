@@ -81,6 +81,10 @@ class OtelBridge(logging.Handler):
         self.inner.emit(logging.makeLogRecord(data))
 
 
+def _bridged() -> bool:
+    return any(isinstance(h, OtelBridge) for h in _parent.handlers)
+
+
 def attach(handler: logging.Handler) -> None:
     _parent.addHandler(handler)
 
@@ -111,8 +115,14 @@ class RunLog:
         ctx["trace_id"] = span.trace_id if span and span.trace_id else None
         ctx["span_id"] = span.span_id if span and span.span_id else None
         ctx.update(fields)
-        with span.activate() if span is not None else contextlib.nullcontext():
-            self.logger.log(level, message, extra={"ralph": ctx})
+        # Only OTel's log handler reads the current span; making it current costs more than the line.
+        if not self.logger.isEnabledFor(level):
+            return
+        # A record made directly: Logger.log would first walk the stack for a caller nobody reads.
+        record = self.logger.makeRecord(self.logger.name, level, "(unknown file)", 0, message, (), None,
+                                        extra={"ralph": ctx})
+        with span.activate() if span is not None and _bridged() else contextlib.nullcontext():
+            self.logger.handle(record)
 
     def info(self, message: str, session: Session | None = None, span: Span | None = None, **fields: Any) -> None:
         self.log(logging.INFO, message, session, span, **fields)

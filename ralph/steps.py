@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ralph.console import Console, LineSplitter
 from ralph.errors import StateError
@@ -82,8 +84,10 @@ def run_step(
     span.set("process.executable.name", os.path.basename(call.argv[0]))
     if call.show_args:
         span.set("process.command_args", list(call.argv))
-    step_id = sv.store.start_step(session_id=session.id, run_id=session.run_id, name=call.name, kind=call.kind,
-                                  attempt=call.attempt, log_path=str(log_path), span_id=span.span_id or None)
+    row: dict[str, Any] = {"session_id": session.id, "run_id": session.run_id, "name": call.name, "kind": call.kind,
+                           "attempt": call.attempt, "log_path": str(log_path), "span_id": span.span_id or None,
+                           "started": time.time()}
+    step_ids: list[int] = []  # the row is written when the child is spawned, with its PID
     sv.runlog.info(f"step {call.name} started", session, span, step=call.name, attempt=call.attempt)
     sv.console.status(f"{session.loop} · iteration {session.iteration} · {session.id} · {call.name}")
     splitter = LineSplitter() if show_output and not sv.console.quiet else None
@@ -99,8 +103,11 @@ def run_step(
 
     outcome = run(
         Request(call.argv, sv.workdir, full_env, call.stdin, call.timeout, call.idle_timeout, deadline, log_path),
-        consume, sv.cancel, lambda pid: sv.store.step_spawned(step_id, pid),
+        consume, sv.cancel, lambda pid: step_ids.append(sv.store.start_step(pid, **row)),
     )
+    if not step_ids:  # nothing was spawned (a missing program): the attempt still gets its row
+        step_ids.append(sv.store.start_step(**row))
+    step_id = step_ids[0]
     if splitter is not None:
         sv.console.output_lines(session, call.name, splitter.flush())
     sv.store.finish_step(step_id, outcome.status, outcome.exit_code, pid=outcome.pid, reason=outcome.reason)

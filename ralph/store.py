@@ -225,12 +225,12 @@ class Store:
     def update_session(self, session_id: str, **fields: Any) -> None:
         self._update("sessions", session_id, fields)
 
-    def start_step(self, **row: Any) -> int:
+    def start_step(self, pid: int | None = None, **row: Any) -> int:
+        """A step's row, written once its child is spawned: with the child's PID and start time, so
+        the next ralph can end it if this one dies (one write per step start, not two)."""
+        if pid is not None:
+            row.update(pid=pid, pid_start=process_start(pid))
         return self._insert("steps", {"status": "running", "started": time.time(), **row})
-
-    def step_spawned(self, step_id: int, pid: int) -> None:
-        """The child's PID and start time, so the next ralph can end it if this one dies."""
-        self._update("steps", step_id, {"pid": pid, "pid_start": process_start(pid)})
 
     def finish_step(self, step_id: int, status: str, exit_code: int | None, **fields: Any) -> None:
         self._update("steps", step_id, {"status": status, "exit_code": exit_code, "ended": time.time(),

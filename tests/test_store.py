@@ -49,8 +49,7 @@ def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:
     """)
     db.close()
     store = Store(isolated)
-    step = store.start_step(session_id="ses_1", run_id="run_1", name="agent", kind="agent", attempt=1)
-    store.step_spawned(step, os.getpid())
+    store.start_step(os.getpid(), session_id="ses_1", run_id="run_1", name="agent", kind="agent", attempt=1)
     store.close()
     assert db_rows(isolated, "PRAGMA user_version") == [{"user_version": 2}]
     rows = db_rows(isolated, "SELECT session_id, pid_start FROM steps ORDER BY id")
