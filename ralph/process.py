@@ -217,7 +217,15 @@ def run(
         except OSError as exc:
             return _spawn_error(request, exc, log_fd, on_output, started)
         if on_start is not None:
-            on_start(proc.pid)
+            try:
+                on_start(proc.pid)
+            except BaseException:  # e.g. the history could not record it: then it must not run on
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        pipe.close()
+                raise
         return _supervise(proc, request, log_fd, on_output, cancel, started, t0)
     finally:
         if log_fd is not None:

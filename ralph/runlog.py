@@ -115,12 +115,12 @@ class RunLog:
         ctx["trace_id"] = span.trace_id if span and span.trace_id else None
         ctx["span_id"] = span.span_id if span and span.span_id else None
         ctx.update(fields)
-        # Only OTel's log handler reads the current span; making it current costs more than the line.
         if not self.logger.isEnabledFor(level):
             return
         # A record made directly: Logger.log would first walk the stack for a caller nobody reads.
         record = self.logger.makeRecord(self.logger.name, level, "(unknown file)", 0, message, (), None,
                                         extra={"ralph": ctx})
+        # Only OTel's log handler reads the current span; making it current costs more than the line.
         with span.activate() if span is not None and _bridged() else contextlib.nullcontext():
             self.logger.handle(record)
 

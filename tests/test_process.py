@@ -157,6 +157,20 @@ def test_a_log_that_cannot_be_written_is_a_state_error(tmp_path: Path) -> None:
         process.run(Request(("/bin/true",), tmp_path, {}, log_path=tmp_path / "file" / "x.log"))
 
 
+def test_a_child_whose_start_cannot_be_recorded_does_not_run_on(tmp_path: Path) -> None:
+    """on_start records the PID for crash recovery; if that fails (a full disk), the child is ended
+    before the error goes up: nothing may run that the history does not know of."""
+    pids: list[int] = []
+
+    def unrecordable(pid: int) -> None:
+        pids.append(pid)
+        raise StateError("cannot write the history: disk full")
+
+    with pytest.raises(StateError, match="disk full"):
+        process.run(request(tmp_path, [PY, "-c", "import time; time.sleep(60)"]), on_start=unrecordable)
+    assert pids and not alive(pids[0])
+
+
 def test_log_folders_are_private(tmp_path: Path) -> None:
     log = tmp_path / "a" / "b" / "c.log"
     process.run(Request(("/bin/true",), tmp_path, {}, log_path=log))
