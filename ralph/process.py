@@ -216,17 +216,7 @@ def run(
             )
         except OSError as exc:
             return _spawn_error(request, exc, log_fd, on_output, started)
-        if on_start is not None:
-            try:
-                on_start(proc.pid)
-            except BaseException:  # e.g. the history could not record it: then it must not run on
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-                for pipe in (proc.stdin, proc.stdout):
-                    if pipe is not None:
-                        pipe.close()
-                raise
-        return _supervise(proc, request, log_fd, on_output, cancel, started, t0)
+        return _supervise(proc, request, log_fd, on_output, cancel, started, t0, on_start)
     finally:
         if log_fd is not None:
             os.close(log_fd)
@@ -235,6 +225,7 @@ def run(
 def _supervise(
     proc: subprocess.Popen[bytes], request: Request, log_fd: int | None,
     on_output: Callable[[bytes], None] | None, cancel: CancelToken, started: float, t0: float,
+    on_start: Callable[[int], None] | None = None,
 ) -> Outcome:
     assert proc.stdout is not None
     out_fd = proc.stdout.fileno()
@@ -267,6 +258,8 @@ def _supervise(
         (request.deadline, "timeout") if request.deadline else None,
     ]
     try:
+        if on_start is not None:  # inside the try: a child the history cannot record must not run on
+            on_start(proc.pid)
         while out_open or proc.returncode is None:
             now = time.monotonic()
             if cancel.cancelled:

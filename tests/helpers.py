@@ -31,6 +31,11 @@ def ralph(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
                           capture_output=True, timeout=timeout, check=False)
 
 
+def python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE`` in a child process: ralph's pieces in a fresh interpreter of their own."""
+    return subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def imported_modules(*args: str) -> list[str]:
     """Every module ``ralph ARGS`` imports (``python -X importtime``), dependencies included."""
     proc = subprocess.run([PY, "-X", "importtime", "-m", "ralph", *args], capture_output=True, text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PY, imported_modules, ralph
+from helpers import imported_modules, python, ralph
 
 HEAVY = ("opentelemetry", "pydantic", "yaml", "sqlite3", "tenacity")
 
@@ -29,24 +29,20 @@ def test_the_quick_exit_flushes_output_runs_atexit_and_keeps_the_code(tmp_path: 
     assert ralph("validate", str(tmp_path / "missing.yaml")).returncode == 2
 
     mark = tmp_path / "atexit-ran"
-    code = ("import atexit, pathlib, sys\n"
-            f"atexit.register(pathlib.Path({str(mark)!r}).write_text, 'yes')\n"
-            "from ralph.cli import main\n"
-            "sys.argv = ['ralph', '--version']\n"
-            "main()\n")
-    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    proc = _version_after(f"import atexit, pathlib\natexit.register(pathlib.Path({str(mark)!r}).write_text, 'yes')\n")
     assert proc.returncode == 0 and proc.stdout.startswith("ralph "), proc.stderr
     assert mark.read_text() == "yes"
 
 
 def test_a_running_thread_gets_the_usual_exit_which_waits_for_it(tmp_path: Path) -> None:
     mark = tmp_path / "thread-done"
-    code = ("import pathlib, sys, threading, time\n"
-            f"def work():\n    time.sleep(0.3)\n    pathlib.Path({str(mark)!r}).write_text('done')\n"
-            "threading.Thread(target=work).start()\n"
-            "from ralph.cli import main\n"
-            "sys.argv = ['ralph', '--version']\n"
-            "main()\n")
-    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    proc = _version_after("import pathlib, threading, time\n"
+                          f"def work():\n    time.sleep(0.3)\n    pathlib.Path({str(mark)!r}).write_text('done')\n"
+                          "threading.Thread(target=work).start()\n")
     assert proc.returncode == 0, proc.stderr
     assert mark.read_text() == "done"
+
+
+def _version_after(setup: str) -> subprocess.CompletedProcess[str]:
+    """``ralph --version`` through ``cli.main`` (the console script's path) after ``setup`` ran."""
+    return python(setup + "import sys\nfrom ralph.cli import main\nsys.argv = ['ralph', '--version']\nmain()\n")

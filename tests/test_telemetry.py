@@ -9,7 +9,6 @@ import os
 import re
 import socket
 import sqlite3
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from helpers import DUMP_ENV, PY, ROOT, imported_modules, ralph, read_dumps, write_loop, yaml_list
+from helpers import DUMP_ENV, PY, ROOT, imported_modules, python, ralph, read_dumps, write_loop, yaml_list
 
 OTEL_CHILD = str(ROOT / "examples" / "otel-child.py")
 # Flags: sampled (01), plus "random trace ID" (02) on traces that ralph itself starts.
@@ -688,5 +687,5 @@ def test_the_exporter_package_still_imports_after_its_trace_exporter_alone() -> 
         "assert FileSpanExporter is leaf, (FileSpanExporter, leaf)\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    proc = python(code)
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
