@@ -79,12 +79,14 @@ def run(
         "--resume", help="Continue the newest interrupted, crashed or abandoned run of this loop: a new run "
         "(recorded as resumed from it) whose iterations number on from its last one; the iterations it finished "
         "count toward max_iterations. Without one, a new run starts.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write this run's HTML report to FILE, refreshed "
+                                                "every few seconds while it runs.", show_default=False)] = None,
 ) -> None:
     """Run a loop."""
     from ralph import commands
 
     _finish(guard(lambda: commands.run(file, max_iterations, _state(state_dir), quiet, json_out, tuple(item or ()),
-                                       shard, resume), lambda: _state(state_dir)))
+                                       shard, resume, report), lambda: _state(state_dir)))
 
 
 @app.command()
@@ -165,6 +167,27 @@ def env(
     from ralph import sessiontools
 
     _finish(guard(lambda: sessiontools.print_env(_state(state_dir), session, fmt), lambda: _state(state_dir)))
+
+
+@app.command()
+def report(
+    ident: Annotated[str | None, typer.Argument(metavar="[RUN_OR_BATCH_ID]", help="A run ID (or unique prefix) or a "
+                                                "batch ID; default: the newest run, or its whole batch.")] = None,
+    state_dir: Annotated[list[Path] | None, typer.Option(
+        "--state-dir", help="State folder (repeatable: several are merged into one report; default: "
+        "$RALPH_STATE_DIR, else ./.ralph).", show_default=False)] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write it ('-': standard output; "
+                                               "default: report.html, or standard output for md and json).",
+                                               show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html, md (for $GITHUB_STEP_SUMMARY) or json.")] = "html",
+    trace_url: Annotated[str | None, typer.Option("--trace-url", help="Link trace IDs: a URL with {trace_id} in it.",
+                                                  show_default=False)] = None,
+) -> None:
+    """One self-contained page of a run or batch: items, timeline, costs, changes, failed logs."""
+    from ralph import report as reporting
+
+    dirs = [_state(d) for d in state_dir] if state_dir else [_state(None)]
+    _finish(guard(lambda: reporting.command(dirs, ident, output, fmt, trace_url), lambda: dirs[0]))
 
 
 @app.command()

@@ -30,14 +30,16 @@ Work on the next item of the task. When everything is done, print <promise>COMPL
 
 
 def run(file: Path, max_iterations: int | None, state_dir: Path, quiet: bool, json_out: bool,
-        items: tuple[str, ...], shard: str | None, resume: bool) -> int:
+        items: tuple[str, ...], shard: str | None, resume: bool, report: Path | None = None) -> int:
     from ralph import batch, loader, runner
 
     spec = loader.load(file)
     if (items or shard) and spec.config.batch is None:
         raise UsageError("--item and --shard are for loops with a `batch:` section")
+    if report is not None and not report.resolve().parent.is_dir():
+        raise UsageError(f"--report {report}: the folder {report.resolve().parent} does not exist")
     options = runner.RunOptions(state_dir, max_iterations, quiet, json_out, items,
-                                batch.parse_shard(shard) if shard else None, resume)
+                                batch.parse_shard(shard) if shard else None, resume, report)
     return runner.run(spec, options)
 
 

@@ -37,6 +37,7 @@ class RunOptions:
     items: tuple[str, ...] = ()
     shard: tuple[int, int] | None = None
     resume: bool = False
+    report: Path | None = None  # --report FILE: the run's HTML page, kept fresh while it goes
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,11 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                             span_id=run_span.span_id or None, batch=batch_id,
                             shard="/".join(map(str, options.shard)) if options.shard else None,
                             resumed_from=resumed["id"] if resumed else None)
+            live = None
+            if options.report is not None:
+                from ralph.report import live as live_report
+
+                live = live_report.start(options.report, state_dir, run_id, console.warn)
             console.run_start(run_id, spec.name, str(spec.path))
             runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
             sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
@@ -351,6 +357,7 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
                     lambda: store.finish_run(run_id, status, code),
+                    lambda: live.close() if live is not None else None,
                     lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
                     lambda: runlog.info(f"run {status}", span=run_span, status=status, exit_code=code,
@@ -390,6 +397,8 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
             raise
         if item is not None:
             sv.console.item_end(item, result.status, result.reason, result.iterations)
+        sv.runlog.info("item ended", item=item, status=result.status, reason=result.reason,  # ralph report reads it
+                       iterations=result.iterations, succeeded=result.succeeded)
         return result
 
     if spec.config.batch:

@@ -341,3 +341,13 @@ class Store:
                 cost=(before.cost if before else 0.0) + (row["cost_usd"] or 0.0),
                 complete=row["status"] == "complete")
         return points
+
+    def runs(self, batch: str | None = None, limit: int = 10000) -> list[dict[str, Any]]:
+        """Runs newest first; with ``batch``, only the runs of that batch (``ralph report``)."""
+        clause, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
+        return self._query(f"SELECT * FROM runs {clause} ORDER BY started DESC, rowid DESC LIMIT ?",  # noqa: S608
+                           (*args, limit))
+
+    def run_steps(self, run_id: str) -> list[dict[str, Any]]:
+        """Every step of a run in one query (a report of 5000 sessions would otherwise make 5000)."""
+        return self._query("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
