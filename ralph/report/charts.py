@@ -100,7 +100,8 @@ class Panel:
 def panels(report: model.Report) -> list[Panel]:
     """One small bar chart per measure, one bar per iteration number (summed over a batch's items)."""
     points = report.iterations
-    measures: list[tuple[str, str, list[float | None]]] = [("cost", "$", [p.cost_usd for p in points]), ("tokens", "", [float(p.tokens) for p in points]),
+    measures: list[tuple[str, str, list[float | None]]] = [
+        ("cost", "$", [p.cost_usd for p in points]), ("tokens", "", [float(p.tokens) for p in points]),
                 ("changed lines", "", [float(p.changed_lines) if p.changed_lines is not None else None
                                        for p in points])]
     out = []

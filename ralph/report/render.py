@@ -72,7 +72,7 @@ def html(report: model.Report, base: Path, trace_url: str | None = None) -> str:
         session_rows=rows)
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#<>~"} | {"\n": " ", "\r": " "})
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|#~"} | {"<": "&lt;", ">": "&gt;", "\n": " ", "\r": " "})
 
 
 def _md(value: Any) -> str:
