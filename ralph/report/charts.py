@@ -45,6 +45,10 @@ def _clock(ts: float, span: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime(fmt)
 
 
+def _offset(seconds: float, span: float) -> str:
+    return f"{seconds:.2f}s" if span < 10 else fmt_duration(seconds)
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -68,7 +72,7 @@ def timeline(report: model.Report, now: float) -> Timeline:
         return round(LABEL + (ts - start) * scale, 1)
 
     def w(a: float, b: float | None) -> float:
-        return round(max(((b or now) - a) * scale, 0.8), 1)
+        return round(max(((b or now) - a) * scale, 0.4), 1)
 
     by_item: dict[str | None, list[model.Session]] = {}
     for s in sessions:
@@ -78,13 +82,14 @@ def timeline(report: model.Report, now: float) -> Timeline:
     for n, (item, own) in enumerate(by_item.items()):
         bars = []
         for s in own:
-            tip = f"{s.title} · {s.id} · {s.status} · {fmt_duration(s.duration)}"
-            steps = [(x(t.started), w(t.started, t.ended), t.status) for t in s.steps]
-            bars.append(Bar(x(s.started), w(s.started, s.ended), s.status, tip, steps))
+            tip = f"#{s.iteration} {s.status} {fmt_duration(s.duration)} · {s.id}"
+            # A step narrower than half a unit is not seen: leave it out of a big batch's page.
+            steps = [(x(t.started), width, t.status) for t in s.steps if (width := w(t.started, t.ended)) >= 0.5]
+            bars.append(Bar(x(s.started), max(w(s.started, s.ended), 0.8), s.status, tip, steps))
         label = item if item is not None else "run"
         rows.append(Row(label if len(label) <= 26 else label[:25] + "…", AXIS + n * ROW, item in failed, bars))
     ticks = [(round(LABEL + k * (WIDTH - LABEL - 8) / 4, 1),
-              _clock(start, span) if k == 0 else "+" + fmt_duration(k * span / 4)) for k in range(5)]
+              _clock(start, span) if k == 0 else "+" + _offset(k * span / 4, span)) for k in range(5)]
     return Timeline(AXIS + len(rows) * ROW + 4, rows, ticks)
 
 
@@ -102,8 +107,7 @@ def panels(report: model.Report) -> list[Panel]:
     points = report.iterations
     measures: list[tuple[str, str, list[float | None]]] = [
         ("cost", "$", [p.cost_usd for p in points]), ("tokens", "", [float(p.tokens) for p in points]),
-                ("changed lines", "", [float(p.changed_lines) if p.changed_lines is not None else None
-                                       for p in points])]
+        ("changed lines", "", [float(p.changed_lines) if p.changed_lines is not None else None for p in points])]
     out = []
     height, width = 100.0, 300.0
     for name, unit, values in measures:

@@ -97,9 +97,9 @@ class Totals(Record):
     ended: float | None
     wall: float | None
     iterations: int
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float
+    tokens_in: int | None  # None: no session recorded any
+    tokens_out: int | None
+    cost_usd: float | None
     items: int
     items_failed: int
     insertions: int | None

@@ -45,14 +45,17 @@ def html(report: model.Report, base: Path, trace_url: str | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.PackageLoader("ralph.report", "templates"), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
 
+    folders: dict[str, str] = {}
+
     def log_href(path: str | None) -> str:
         if not path:
             return ""
-        try:
-            rel = os.path.relpath(path, base)
-        except ValueError:  # another drive: an absolute link still works from a file:// page
-            rel = path
-        return quote(rel.replace(os.sep, "/"))
+        # logs/<run>/<session>/<step>.log: one relpath per run folder, not one per step (10,000 of them).
+        session_dir, name = os.path.split(path)
+        run_dir, session = os.path.split(session_dir)
+        if run_dir not in folders:
+            folders[run_dir] = os.path.relpath(run_dir, base).replace(os.sep, "/")
+        return quote(f"{folders[run_dir]}/{session}/{name}")
 
     def trace_href(trace_id: str | None) -> str:
         return trace_url.replace("{trace_id}", quote(trace_id, safe="")) if trace_url and trace_id else ""
@@ -94,8 +97,8 @@ def markdown(report: model.Report) -> str:
               "| started | wall time | iterations | tokens in / out | cost |"
               + (" items failed |" if report.kind == "batch" else ""),
               "| --- | --- | --- | --- | --- |" + (" --- |" if report.kind == "batch" else ""),
-              f"| {_when(t.started)} | {charts.fmt_duration(t.wall)} | {t.iterations} | {t.tokens_in:,} / "
-              f"{t.tokens_out:,} | {_money(t.cost_usd)} |" + (f" {t.items_failed} of {t.items} |"
+              f"| {_when(t.started)} | {charts.fmt_duration(t.wall)} | {t.iterations} | {_num(t.tokens_in)} / "
+              f"{_num(t.tokens_out)} | {_money(t.cost_usd)} |" + (f" {t.items_failed} of {t.items} |"
                                                               if report.kind == "batch" else ""), ""]
     if t.insertions is not None or t.deletions is not None:
         lines += [f"Changed: +{t.insertions or 0} -{t.deletions or 0}, {t.files_changed or 0} files", ""]

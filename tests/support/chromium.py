@@ -82,9 +82,15 @@ class Browser:
     def page(self, method: str, **params: Any) -> dict[str, Any]:
         return self.call(method, session=True, **params)
 
-    def wait_event(self, method: str, timeout: float = 30) -> dict[str, Any]:
+    def load(self, method: str, **params: Any) -> None:
+        """Page.navigate or Page.reload, then wait for that load's event (not an earlier one's)."""
+        since = len(self.events)
+        self.page(method, **params)
+        self.wait_event("Page.loadEventFired", since)
+
+    def wait_event(self, method: str, since: int = 0, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while time.monotonic() < deadline:
             for event in self.events[seen:]:
                 if event.get("method") == method:
