@@ -357,11 +357,11 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
                     lambda: store.finish_run(run_id, status, code),
-                    lambda: live.close() if live is not None else None,
                     lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
                     lambda: runlog.info(f"run {status}", span=run_span, status=status, exit_code=code,
                                         detail=detail),
+                    lambda: live.close() if live is not None else None,  # after the run's end is recorded
                     console.close,
                     # An error's one line comes from errors.guard; --json still gets its run.end event.
                     lambda: console.run_end(run_id, status, code, detail) if status != "error" or options.json

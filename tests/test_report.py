@@ -188,10 +188,18 @@ def test_shards_in_several_state_folders_merge_into_one_batch(tmp_path: Path) ->
     again = ralph("report", "--state-dir", "shard2", "--state-dir", "shard1", "--state-dir", "shard1/",
                   "--format", "json")
     assert json.loads(again.stdout)["runs"] == data["runs"]
-    html = ralph("report", "--state-dir", "shard1", "--state-dir", "shard2", "-o", "merged.html")
+    # State folders downloaded elsewhere (CI artifacts): the logs are found, and linked, where they are now.
+    (tmp_path / "artifacts").mkdir()
+    for n in (1, 2):
+        (tmp_path / f"shard{n}").rename(tmp_path / "artifacts" / f"state-{n}")
+    html = ralph("report", "--state-dir", "artifacts/state-1", "--state-dir", "artifacts/state-2", "-o", "merged.html")
     assert html.returncode == 0, html.stderr
     text = (tmp_path / "merged.html").read_text()
     assert all(f'data-item="{i}"' in text for i in ("a1", "bad-b2", "c3", "d4", "e5"))
+    logs = [link for link in Page(text).links if not link.startswith("#")]
+    assert len(logs) == len(data["sessions"]) and all(link.startswith("artifacts/state-") for link in logs)
+    assert all((tmp_path / link).is_file() for link in logs)
+    assert "failing on purpose: exit 4" in text  # the failed log's tail, read from the moved folder
 
 
 def test_a_run_by_id_and_usage_errors(tmp_path: Path, isolated: Path) -> None:
@@ -291,6 +299,7 @@ def test_run_report_is_refreshed_while_the_run_goes(tmp_path: Path, isolated: Pa
     assert child.returncode == 0, err
     final = report.read_text()
     assert "http-equiv=\"refresh\"" not in final and "st-complete" in final and session in final
+    assert "success condition held" in final  # the run's end, recorded before the last write
     assert not list(tmp_path.glob(".live.html.*"))  # no half-written file left behind
 
 
