@@ -397,8 +397,8 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
             raise
         if item is not None:
             sv.console.item_end(item, result.status, result.reason, result.iterations)
-        sv.runlog.info("item ended", item=item, status=result.status, reason=result.reason,  # ralph report reads it
-                       iterations=result.iterations, succeeded=result.succeeded)
+        sv.runlog.info("item ended", span=run_span, item=item, status=result.status,  # ralph report reads it
+                       reason=result.reason, iterations=result.iterations, succeeded=result.succeeded)
         return result
 
     if spec.config.batch:

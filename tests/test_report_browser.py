@@ -93,6 +93,16 @@ def test_the_report_in_chromium(tmp_path: Path, isolated: Path) -> None:
         assert light != dark
         assert sum(map(int, dark[dark.index("(") + 1:-1].split(",")[:3])) < 200, dark
 
+        # JavaScript off: the tables are all there; only the filter (which needs the script) is not shown.
+        browser.page("Emulation.setScriptExecutionDisabled", value=True)
+        browser.load("Page.reload")
+        plain = json.loads(browser.evaluate(SHOWN))
+        assert plain.get("ready") is None and plain["times"] == 0  # the script did not run
+        assert [i["item"] for i in plain["items"]] == [i["item"] for i in shown["items"]]
+        assert sorted(plain["sessions"]) == sorted(sessions) and len(plain["bars"]) == len(sessions)
+        assert browser.evaluate("getComputedStyle(document.getElementById('item-filter').parentNode).display") == "none"
+        browser.page("Emulation.setScriptExecutionDisabled", value=False)
+
         # Phone width: the page itself does not scroll sideways (wide tables scroll in their own box).
         browser.page("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=1, mobile=True)
         browser.load("Page.reload")

@@ -7,6 +7,7 @@ read when a history has them and left out when it does not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ralph.errors import UsageError
+from ralph.errors import StateError, UsageError
 from ralph.report import model
 from ralph.store import Store
 
@@ -29,6 +30,9 @@ def gather(state_dirs: list[Path], ident: str | None = None) -> model.Report:
     newest run, or of its whole batch when it belongs to one, over every given state folder."""
     stores = [Store(d, create=False) for d in _unique(state_dirs)]
     try:
+        for store in stores:  # a run whose ralph died on this host is not shown as running forever
+            with contextlib.suppress(StateError):
+                store.mark_abandoned()
         kind, key, picked = _select(stores, ident)
         runs, sessions, ends = [], [], {}
         for store, row in picked:
