@@ -265,7 +265,8 @@ def test_git_provenance_and_stop_reason_columns_are_shown(tmp_path: Path, isolat
     md = ralph("report", "--format", "md").stdout
     assert "Changed: +24 -6, 4 files" in md
     data = json.loads(ralph("report", "--format", "json").stdout)
-    assert data["runs"][0]["stop_reason"] == "max_iterations" and data["has_git"]
+    assert data["runs"][0]["stop_reason"] == "max_iterations — 1 of 2 items did not succeed: bad-2 (max_iterations (2) reached)"
+    assert data["has_git"]
     changed = [s["changes"] for s in data["sessions"] if s["changes"]]
     assert changed and changed[0]["files"] == ["src/app.py", "docs/<evil>.md"] and changed[0]["commits"] == ["bbb"]
 

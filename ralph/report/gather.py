@@ -112,10 +112,11 @@ def _run_log(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
 
 
 def _run(store: Store, row: dict[str, Any], records: list[dict[str, Any]]) -> model.Run:
+    # The history's stop_reason (a fixed word such as max_iterations) with the run's own sentence on it.
+    ends = [r for r in records if str(r.get("message", "")).startswith("run ") and r.get("detail")]
+    detail = ends[-1]["detail"] if ends else None
     reason = row.get("stop_reason")
-    if not reason:
-        ends = [r for r in records if str(r.get("message", "")).startswith("run ") and r.get("detail")]
-        reason = ends[-1]["detail"] if ends else None
+    reason = f"{reason} — {detail}" if reason and detail and detail != reason else reason or detail
     if not reason and row["status"] != "running":
         reason = f"{row['status']} (exit {row['exit_code']})"
     return model.Run(id=row["id"], loop=row["loop"], status=row["status"], exit_code=row.get("exit_code"),
