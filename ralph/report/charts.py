@@ -4,7 +4,7 @@ per iteration. Only numbers and the records' own strings come out of here; the t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ralph.report import model
@@ -22,7 +22,10 @@ class Bar:
     w: float
     status: str
     tip: str
-    steps: list[tuple[float, float, str]] = field(default_factory=list)  # x, width, status
+    # The session's steps as SVG path data (one path, not one rect per step: 10,000 steps in a big
+    # batch): those that went well, and those that failed. Only numbers and path commands.
+    steps_ok: str = ""
+    steps_bad: str = ""
 
 
 @dataclass
@@ -80,14 +83,19 @@ def timeline(report: model.Report, now: float) -> Timeline:
     failed = {i.item for i in report.items if i.succeeded is False}
     rows = []
     for n, (item, own) in enumerate(by_item.items()):
-        bars = []
+        bars, y = [], AXIS + n * ROW
         for s in own:
             tip = f"#{s.iteration} {s.status} {fmt_duration(s.duration)} · {s.id}"
             # A step narrower than half a unit is not seen: leave it out of a big batch's page.
-            steps = [(x(t.started), width, t.status) for t in s.steps if (width := w(t.started, t.ended)) >= 0.5]
-            bars.append(Bar(x(s.started), max(w(s.started, s.ended), 0.8), s.status, tip, steps))
+            ok, bad = [], []
+            for t in s.steps:
+                width = w(t.started, t.ended)
+                if width >= 0.5:  # a step narrower than half a unit is not seen
+                    path = f"M{x(t.started)} {y + 6}h{width}v4h-{width}z"
+                    (ok if t.status in ("ok", "running") else bad).append(path)
+            bars.append(Bar(x(s.started), max(w(s.started, s.ended), 0.8), s.status, tip, "".join(ok), "".join(bad)))
         label = item if item is not None else "run"
-        rows.append(Row(label if len(label) <= 26 else label[:25] + "…", AXIS + n * ROW, item in failed, bars))
+        rows.append(Row(label if len(label) <= 26 else label[:25] + "…", y, item in failed, bars))
     ticks = [(round(LABEL + k * (WIDTH - LABEL - 8) / 4, 1),
               _clock(start, span) if k == 0 else "+" + _offset(k * span / 4, span)) for k in range(5)]
     return Timeline(AXIS + len(rows) * ROW + 4, rows, ticks)
