@@ -87,7 +87,8 @@ def timeline(report: model.Report, now: float) -> Timeline:
         for s in own:
             tip = f"#{s.iteration} {s.status} {fmt_duration(s.duration)} · {s.id}"
             # A step narrower than half a unit is not seen: leave it out of a big batch's page.
-            ok, bad = [], []
+            ok: list[str] = []
+            bad: list[str] = []
             for t in s.steps:
                 width = w(t.started, t.ended)
                 if width >= 0.5:  # a step narrower than half a unit is not seen
