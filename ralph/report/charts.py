@@ -86,7 +86,6 @@ def timeline(report: model.Report, now: float) -> Timeline:
         bars, y = [], AXIS + n * ROW
         for s in own:
             tip = f"#{s.iteration} {s.status} {fmt_duration(s.duration)} · {s.id}"
-            # A step narrower than half a unit is not seen: leave it out of a big batch's page.
             ok: list[str] = []
             bad: list[str] = []
             for t in s.steps:
