@@ -95,16 +95,17 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-def run_batch(tmp_path: Path, items: list[str], *args: str, **kw: str) -> subprocess.CompletedProcess[str]:
+def run_batch(tmp_path: Path, items: list[str], *args: str, batch_id: str | None = None,
+              **kw: str) -> subprocess.CompletedProcess[str]:
     loop = batch_loop(tmp_path, items, **kw)
-    return ralph("run", str(loop), "-q", *args)
+    return ralph("run", str(loop), "-q", *args, env={"RALPH_BATCH_ID": batch_id} if batch_id else None)
 
 
 ITEMS = ["good-1", "bad-2", HOSTILE_ITEM, "good-4"]
 
 
 def test_html_report_of_a_batch_shows_items_sessions_and_escapes_everything(tmp_path: Path, isolated: Path) -> None:
-    proc = run_batch(tmp_path, ITEMS)
+    proc = run_batch(tmp_path, ITEMS, batch_id="<i>night</i>")
     assert proc.returncode == 1, proc.stderr
     out = ralph("report")
     assert out.returncode == 0, out.stderr
@@ -138,6 +139,7 @@ def test_html_report_of_a_batch_shows_items_sessions_and_escapes_everything(tmp_
         assert f"<script>window.pwned={n}</script>" in body  # shown as text...
         assert f"<script>window.pwned={n}" not in text  # ...never as a tag
     assert HOSTILE_ITEM in body and "<img" not in text
+    assert "nightly: batch <i>night</i>" in body and "<i>night</i>" not in text  # the batch ID too
     assert "<script>" in text  # the page's own script, once
     assert text.count("<script>") == 1
 
