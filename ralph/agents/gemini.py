@@ -3,7 +3,10 @@
 ``gemini -o stream-json --skip-trust --yolo --session-id UUID [-m M] [args]``, the prompt on stdin
 (headless when stdin is not a terminal). The UUID is derived from our session ID as the claude
 preset does (``bound.py``); Gemini CLI refuses a second ``--session-id`` for a session it has
-stored (exit 42, "already exists"), so a retry ``--resume``s it. ``--yolo`` (nobody answers
+stored (exit 42, "already exists"), so a retry ``--resume``s it. But it resumes only a session
+holding a model reply: when the earlier attempts left none (their first request failed), a retry
+starts a session of its own, its UUID derived from ours and the attempt number (the one recorded
+is the one Gemini's ``init`` event names). ``--yolo`` (nobody answers
 approvals) unless ``args`` choose an approval mode. Events: ``init`` (``session_id``), ``message``
 (``role`` user echoes the prompt and never counts; assistant text comes in ``delta`` pieces,
 joined into lines here), ``tool_use``, ``tool_result``, ``error``, ``result`` (``stats`` tokens of
@@ -13,15 +16,17 @@ this process; Gemini CLI reports no cost). See docs/agent-presets.md (Gemini CLI
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, json_event
 from ralph.agents.bound import UuidBoundPreset
-from ralph.agents.claude import _obj, _Recent
+from ralph.agents.claude import _obj, _Recent, claude_session_id
 
 _APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
+_MODEL_RECORD = re.compile(r'"type"\s*:\s*"gemini"')
 
 
 def gemini_home(env: Mapping[str, str]) -> Path | None:
@@ -30,20 +35,34 @@ def gemini_home(env: Mapping[str, str]) -> Path | None:
     return Path(home) / ".gemini" if home else None
 
 
-def session_stored(env: Mapping[str, str], gemini_id: str) -> bool:
+def session_files(env: Mapping[str, str], gemini_id: str) -> list[Path]:
     """Gemini CLI keeps a session in ``<home>/tmp/<project>/chats/session-<time>-<UUID[:8]>.jsonl``,
     the first line naming its ``sessionId``."""
     home = gemini_home(env)
-    if home is None:
-        return False
+    found = []
     try:
-        for path in (home / "tmp").glob(f"*/chats/session-*-{gemini_id[:8]}.jsonl"):
+        for path in (home / "tmp").glob(f"*/chats/session-*-{gemini_id[:8]}.jsonl") if home else ():
             with open(path, encoding="utf-8", errors="replace") as fh:
                 if gemini_id in fh.readline():
-                    return True
+                    found.append(path)
+    except OSError:
+        pass
+    return found
+
+
+def resumable(path: Path) -> bool:
+    """Gemini CLI resumes only a session holding a reply of the model (a failed first request is
+    rolled back, leaving none), though it refuses that session's ID to a new one all the same."""
+    try:
+        return _MODEL_RECORD.search(path.read_text(encoding="utf-8", errors="replace")) is not None
     except OSError:
         return False
-    return False
+
+
+def attempt_id(session_id: str, attempt: int) -> str:
+    """The Gemini session UUID of an attempt: the session's own for the first, and for a later one
+    whose predecessors left nothing to resume, one derived from the attempt number too."""
+    return claude_session_id(session_id if attempt == 1 else f"{session_id}#{attempt}")
 
 
 class GeminiParser(StreamParser):
@@ -134,14 +153,23 @@ class GeminiPreset(UuidBoundPreset):
     default_binary = "gemini"
 
     def stored(self, env: Mapping[str, str], native_id: str) -> bool:
-        return session_stored(env, native_id)
+        return bool(session_files(env, native_id))
+
+    def _session(self, ctx: AgentContext) -> tuple[str, str]:
+        """(flag, UUID): resume the newest earlier attempt's session Gemini can resume, else start
+        this attempt's own."""
+        for attempt in range(ctx.attempt - 1, 0, -1):
+            gemini_id = attempt_id(ctx.session.id, attempt)
+            if any(resumable(path) for path in session_files(ctx.env, gemini_id)):
+                return "--resume", gemini_id
+        return "--session-id", attempt_id(ctx.session.id, ctx.attempt)
 
     def invocation(self, ctx: AgentContext) -> Invocation:
         agent = ctx.spec.config.agent
         argv = [ctx.binary or "gemini", "-o", "stream-json", "--skip-trust"]
         if not any(a == f or a.startswith(f + "=") for a in agent.args for f in _APPROVAL_FLAGS):
             argv.append("--yolo")
-        argv += self.session_args(ctx)
+        argv += self._session(ctx)
         if agent.model:
             argv += ["-m", agent.model]
         argv += agent.args
@@ -149,7 +177,7 @@ class GeminiPreset(UuidBoundPreset):
         return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
-        return GeminiParser(self.native_id(ctx), self.started)
+        return GeminiParser(self._session(ctx)[1], self.started)
 
 
 PRESET = GeminiPreset()
