@@ -114,7 +114,8 @@ def test_two_iterations_with_the_real_gemini(gemini_bin: Path, tmp_path: Path, i
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     pidfile = tmp_path / "sleeper.pid"
     # Iteration 1's tool leaves a process running in a session of its own: the preset must end it.
-    leave = f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 &"
+    leave = (f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
+             f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
     turns = [probe(leave), text("One test fixed,\nmore to go."),
              probe(), text(f"All tests pass. {PROMISE}")]
     with ScriptedAPI(turns, shape="gemini") as api:
