@@ -112,6 +112,8 @@ class CustomAgent(_Model):
     events: Literal["jsonl", "text"] = Field(
         "text", description="jsonl: one JSON event a line, read with the pointers; text: every line counts")
     text: PointerSpec | None = Field(None, description="jsonl: the assistant's text (counts for output_contains)")
+    text_deltas: bool = Field(False, description="jsonl: the text comes in pieces (streamed deltas), joined "
+                              "into lines before they show and count")
     session_id: PointerSpec | None = Field(None, description="jsonl: the agent's own session ID")
     tokens_in: PointerSpec | None = Field(None, description="jsonl: input tokens (summed over events)")
     tokens_out: PointerSpec | None = Field(None, description="jsonl: output tokens (summed over events)")

@@ -1,5 +1,5 @@
 """The ``custom`` preset: an agent CLI wired in the loop file (``agent.custom``). Here the agent is a
-real child process (a Python script printing JSON events); tests/agents/test_custom_preset.py wires
+real child process (a Python script printing JSON events); tests/agents/test_custom_gemini.py wires
 the real Gemini CLI the same way."""
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class CustomParser(StreamParser):
     def __init__(self, custom: CustomAgent, session_id: str, known: _Threads) -> None:
         super().__init__()
         self.custom, self.session_id, self._known = custom, session_id, known
+        self._pending = ""  # text_deltas: the text since the last complete line
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
@@ -64,7 +65,17 @@ class CustomParser(StreamParser):
         self.report.add_tokens(_total(c.tokens_in, event), _total(c.tokens_out, event))
         cost = _sum_of(c.cost_usd, event)
         self.report.add_cost(cost)
-        said = "\n".join(v for v in _values(c.text, event) if isinstance(v, str) and v)
+        pieces = [v for v in _values(c.text, event) if isinstance(v, str) and v]
+        if not c.text_deltas:
+            said = "\n".join(pieces)
+            return (said or None), (said or None)
+        if pieces:  # a delta may end mid-word or mid-promise: hand on complete lines only
+            self._pending += "".join(pieces)
+            if "\n" not in self._pending:
+                return None, None
+            said, self._pending = self._pending.rsplit("\n", 1)
+        else:  # any other event ends the message
+            said, self._pending = self._pending, ""
         return (said or None), (said or None)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
+from tests.support.node_agents import gemini_env, node
 from tests.support.npm import NpmUnavailable, ensure_gemini
 from tests.support.scripted_api import ScriptedAPI, Turn, error, shell, text
 
@@ -39,28 +40,6 @@ def gemini_bin() -> Path:
         if not os.environ.get("CI") and shutil.which("npm") is None:
             pytest.skip(f"gemini not available: {e}")
         pytest.fail(f"could not install gemini: {e}")
-
-
-def gemini_env(tmp_path: Path, gemini_bin: Path, base_url: str) -> dict[str, str]:
-    """An isolated HOME whose settings pick API-key auth (else 0.61.0 exits 41 "Invalid auth
-    method"), the scripted API as the endpoint, and `gemini` on PATH."""
-    home = tmp_path / "gemini-home"
-    (home / ".gemini").mkdir(parents=True, exist_ok=True)
-    (home / "tmp").mkdir(exist_ok=True)
-    (home / ".gemini" / "settings.json").write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}}}))
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    if not (folder / "gemini").exists():
-        (folder / "gemini").symlink_to(gemini_bin)
-    return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "TMPDIR": str(home / "tmp"),
-            "GOOGLE_GEMINI_BASE_URL": base_url, "GEMINI_API_KEY": "test-key",
-            "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
-
-
-def node() -> str:
-    found = shutil.which("node")
-    assert found, "node is not on PATH"
-    return os.path.realpath(found)
 
 
 def probe(then: str = "") -> Turn:

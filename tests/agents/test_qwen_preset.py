@@ -20,6 +20,7 @@ import pytest
 
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
+from tests.support.node_agents import node, qwen_env
 from tests.support.npm import NpmUnavailable, ensure_qwen
 from tests.support.scripted_api import ScriptedAPI, Turn, shell, text
 
@@ -40,29 +41,6 @@ def qwen_bin() -> Path:
         if not os.environ.get("CI") and shutil.which("npm") is None:
             pytest.skip(f"qwen not available: {e}")
         pytest.fail(f"could not install qwen: {e}")
-
-
-def qwen_env(tmp_path: Path, qwen_bin: Path, base_url: str) -> dict[str, str]:
-    """An isolated HOME, the scripted API as the OpenAI endpoint, and `qwen` on PATH. Qwen's managed
-    memory is off: after a run it asks the model (with tools) to extract memories, a turn the script
-    would have to guess the timing of."""
-    home = tmp_path / "qwen-home"
-    (home / ".qwen").mkdir(parents=True, exist_ok=True)
-    (home / "tmp").mkdir(exist_ok=True)
-    (home / ".qwen" / "settings.json").write_text(json.dumps({"memory": {"enableManagedAutoMemory": False}}))
-    folder = tmp_path / "bin"
-    folder.mkdir(exist_ok=True)
-    if not (folder / "qwen").exists():
-        (folder / "qwen").symlink_to(qwen_bin)
-    return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "TMPDIR": str(home / "tmp"),
-            "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "test-key",
-            "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
-
-
-def node() -> str:
-    found = shutil.which("node")
-    assert found, "node is not on PATH"
-    return os.path.realpath(found)
 
 
 def probe(then: str = "") -> Turn:
