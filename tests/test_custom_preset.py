@@ -214,3 +214,18 @@ def test_pointers() -> None:
     for bad in ("$.a..b", "$[", "$.list[x]", "a b"):
         with pytest.raises(ValueError):
             parse_pointer(bad)
+
+
+def test_bin_stands_in_for_argv0(tmp_path: Path, isolated: Path) -> None:
+    script = agent_script(tmp_path)
+    wrapper = tmp_path / "tools" / "agent"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {PY} {script} --via-wrapper "$@"\n')
+    wrapper.chmod(0o755)
+    loop = custom_loop(tmp_path, f"""
+        argv: [my-agent, --go]
+        {JSONL}
+        """, "bin: ./tools/agent")
+    result = ralph("run", str(loop), env={"DUMP": str(tmp_path), "SAY": PROMISE})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dumps(tmp_path)["1-1"]["argv"] == [str(script), "--via-wrapper", "--go"]

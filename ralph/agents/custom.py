@@ -113,14 +113,12 @@ class CustomPreset(Preset):
         for key, argv in (("argv", custom.argv), ("resume_argv", custom.resume_argv or ())):
             if agent.model is None and any("{model}" in a for a in argv):
                 raise spec.error(f"agent.custom.{key}", "{model} needs agent.model")
-        if agent.bin:
-            return super().binary(spec, env)
-        program = custom.argv[0]
+        key, program = ("agent.bin", agent.bin) if agent.bin else ("agent.custom.argv", custom.argv[0])
         candidate = str(spec.path.resolve().parent / program) if "/" in program and not os.path.isabs(program) \
             else program
         found = shutil.which(candidate, path=(env or os.environ).get("PATH"))
         if not found:
-            raise spec.error("agent.custom.argv", f"{program!r} is not an executable file or on PATH")
+            raise spec.error(key, f"{program!r} is not an executable file or on PATH")
         return found
 
     def _values(self, ctx: AgentContext) -> dict[str, str]:

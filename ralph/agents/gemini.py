@@ -23,7 +23,7 @@ from typing import Any
 
 from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, json_event
 from ralph.agents.bound import UuidBoundPreset
-from ralph.agents.claude import _obj, _Recent, claude_session_id
+from ralph.agents.claude import _obj, claude_session_id
 
 _APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
 _MODEL_RECORD = re.compile(r'"type"\s*:\s*"gemini"')
@@ -68,9 +68,9 @@ def attempt_id(session_id: str, attempt: int) -> str:
 class GeminiParser(StreamParser):
     """``gemini -o stream-json`` events, one per line (stderr is merged in: plain lines)."""
 
-    def __init__(self, gemini_id: str, started: _Recent) -> None:
+    def __init__(self, gemini_id: str) -> None:
         super().__init__()
-        self.gemini_id, self._started = gemini_id, started
+        self.gemini_id = gemini_id
         self._pending = ""  # assistant text since the last complete line
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
@@ -106,7 +106,6 @@ class GeminiParser(StreamParser):
         if kind == "init":
             sid = str(event.get("session_id") or self.gemini_id)
             self.report.agent_session_id = sid
-            self._started.add(sid)  # a retry must --resume it now
             model = f" · model {event['model']}" if event.get("model") else ""
             return f"gemini session {sid}{model}", None
         if kind == "tool_use":
@@ -177,7 +176,7 @@ class GeminiPreset(UuidBoundPreset):
         return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
-        return GeminiParser(self._session(ctx)[1], self.started)
+        return GeminiParser(self._session(ctx)[1])
 
 
 PRESET = GeminiPreset()
