@@ -229,3 +229,23 @@ def test_bin_stands_in_for_argv0(tmp_path: Path, isolated: Path) -> None:
     result = ralph("run", str(loop), env={"DUMP": str(tmp_path), "SAY": PROMISE})
     assert result.returncode == 0, result.stdout + result.stderr
     assert dumps(tmp_path)["1-1"]["argv"] == [str(script), "--via-wrapper", "--go"]
+
+
+def test_what_the_agent_leaves_running_ends_with_the_attempt(tmp_path: Path, isolated: Path) -> None:
+    pidfile = tmp_path / "sleeper.pid"
+    leave = (f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
+             f"until [ -s {pidfile} ]; do sleep 0.05; done; echo '{PROMISE}'")
+    loop = custom_loop(tmp_path, f"""
+        argv: [sh, -c, "{leave}"]
+        """)
+    result = ralph("run", str(loop))
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = int(pidfile.read_text())
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        assert stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X"), "the agent's leftover still runs"
+    except FileNotFoundError:
+        pass  # gone
+    (row,) = sessions()
+    assert "process(es) the agent left running" in (isolated / "logs" / row["run_id"] / "ralph.jsonl").read_text()

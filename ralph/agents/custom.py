@@ -98,7 +98,7 @@ class _TextParser(StreamParser):
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         text = line.decode("utf-8", "replace").rstrip("\r\n")
-        return text, text
+        return (text or None), (text or None)
 
 
 class CustomPreset(Preset):
