@@ -195,11 +195,13 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Where to write the starter loop.")] = Path("."),
     name: Annotated[str, typer.Option("--name", help="The loop's name.")] = "my-loop",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    preset: Annotated[str, typer.Option("--preset", help="The agent: command, opencode, claude, codex, gemini, "
+                                        "copilot, qwen, pi, kilo or custom.")] = "command",
 ) -> None:
     """Scaffold a loop file and prompt that validate."""
     from ralph import commands
 
-    _finish(guard(lambda: commands.init(directory, name, force)))
+    _finish(guard(lambda: commands.init(directory, name, force, preset)))
 
 
 @app.command()

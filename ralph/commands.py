@@ -8,22 +8,6 @@ from pathlib import Path
 
 from ralph.errors import UsageError
 
-STARTER_LOOP = """\
-# A ralph loop: each iteration is a new titled session; every child gets OPENCODE_SESSION_ID,
-# OPENCODE_SESSION_TITLE, RALPH_ITERATION, TRACEPARENT ... in its environment.
-name: {name}
-title: "{name} #{{iteration}}"
-agent:
-  preset: command            # or opencode | claude | codex (then drop `command`, maybe set `model`)
-  command: ["sh", "-c", "echo \\"session $OPENCODE_SESSION_ID: $OPENCODE_SESSION_TITLE\\"; cat"]
-  prompt_file: PROMPT.md     # goes to the command's standard input
-  timeout: 30m
-  idle_timeout: 10m
-until:
-  max_iterations: 3
-  output_contains: "<promise>COMPLETE</promise>"
-"""
-
 STARTER_PROMPT = """\
 Work on the next item of the task. When everything is done, print <promise>COMPLETE</promise>.
 """
@@ -50,17 +34,20 @@ def validate(file: Path) -> int:
     return 0
 
 
-def init(directory: Path, name: str, force: bool) -> int:
+def init(directory: Path, name: str, force: bool, preset: str = "command") -> int:
     from ralph.config import NAME_RE
+    from ralph.starters import PRESET_NAMES, starter_loop
 
     if not re.match(NAME_RE, name):
         raise UsageError(f"--name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
+    if preset not in PRESET_NAMES:
+        raise UsageError(f"--preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     directory.mkdir(parents=True, exist_ok=True)
     loop_file, prompt_file = directory / "ralph.yaml", directory / "PROMPT.md"
     for path in (loop_file, prompt_file):
         if path.exists() and not force:
             raise UsageError(f"{path} exists; use --force to overwrite it")
-    loop_file.write_text(STARTER_LOOP.format(name=name), encoding="utf-8")
+    loop_file.write_text(starter_loop(preset, name), encoding="utf-8")
     prompt_file.write_text(STARTER_PROMPT, encoding="utf-8")
     print(f"wrote {loop_file} and {prompt_file}; try: ralph run {loop_file}")
     return 0

@@ -37,6 +37,8 @@ from pydantic import (  # noqa: E402 (after the stub above)
     model_validator,
 )
 
+from ralph.customspec import CustomAgent  # noqa: E402 (after the stub above)
+
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,7 +54,7 @@ RESERVED_ENV = frozenset(
     }
 )
 RESERVED_STEP_NAMES = frozenset({"agent", "check"})
-PRESETS = ("command", "opencode", "claude", "codex")
+PRESETS = ("command", "opencode", "claude", "codex", "gemini", "copilot", "qwen", "pi", "kilo", "custom")
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
@@ -131,7 +133,9 @@ class Retry(Model):
 
 
 class Agent(Model):
-    preset: Literal["command", "opencode", "claude", "codex"] = "command"
+    preset: Literal["command", "opencode", "claude", "codex", "gemini", "copilot", "qwen", "pi", "kilo",
+                    "custom"] = "command"
+    custom: CustomAgent | None = Field(None, description="the custom preset: an agent CLI described here")
     command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
     bin: str | None = Field(None, description="the preset's executable (default: found on PATH)")
     prompt: str | None = None
@@ -150,9 +154,12 @@ class Agent(Model):
             if self.command is None:
                 raise ValueError("the command preset needs `command`")
             if self.model is not None:
-                raise ValueError("`model` is for the opencode, claude and codex presets")
+                raise ValueError("`model` is for the agent presets, not the command preset")
         elif self.command is not None:
             raise ValueError(f"the {self.preset} preset builds its own command line; use `args` or `bin`")
+        if (self.preset == "custom") != (self.custom is not None):
+            raise ValueError("the custom preset needs a `custom:` section" if self.preset == "custom"
+                             else "`custom:` is for `preset: custom`")
         if self.preset != "command" and self.prompt is None and self.prompt_file is None:
             raise ValueError(f"the {self.preset} preset needs a prompt or prompt_file")
         return self

@@ -75,6 +75,8 @@ class _Recent:
 class ClaudeParser(StreamParser):
     """Claude Code's stream-json events, one per line (stderr is merged in: plain lines)."""
 
+    label = "claude"  # how the console names the agent (Qwen Code speaks the same events)
+
     def __init__(self, claude_id: str, resumed: bool, started: _Recent) -> None:
         super().__init__()
         self.claude_id, self.resumed, self._started = claude_id, resumed, started
@@ -101,7 +103,7 @@ class ClaudeParser(StreamParser):
             self.report.agent_session_id = sid
             self._started.add(sid)  # a retry must --resume it now
             model = f" · model {event['model']}" if event.get("model") else ""
-            return f"claude session {sid}{model}"
+            return f"{self.label} session {sid}{model}"
         message = event.get("message") or event.get("error")
         return f"({event.get('subtype') or 'system'}) {first_line(str(message))}" if message else None
 
@@ -144,8 +146,8 @@ class ClaudeParser(StreamParser):
         turns = f" · {event['num_turns']} turns" if _number(event.get("num_turns")) else ""
         if event.get("is_error"):
             why = str(event.get("result") or event.get("subtype") or "error")
-            return f"claude: error: {first_line(why)}{turns}{spent}", why  # counts for retry.on_output
-        return f"claude: {event.get('subtype') or 'done'}{turns}{spent}", None
+            return f"{self.label}: error: {first_line(why)}{turns}{spent}", why  # counts for retry.on_output
+        return f"{self.label}: {event.get('subtype') or 'done'}{turns}{spent}", None
 
 
 def _obj(value: Any) -> dict[str, Any]:

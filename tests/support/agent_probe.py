@@ -3,7 +3,8 @@
 As a script, run by the agent's shell tool (``python agent_probe.py AGENT_EXECUTABLE``), it prints
 one line ``RALPH-PROBE {json}``: the session variables in its own env, and the argv and session
 variables of the agent process above it (the nearest ancestor running AGENT_EXECUTABLE). The line
-travels back in the agent's JSON events, so :func:`probes` finds it in the raw step log.
+travels back in the agent's JSON events, so :func:`probes` finds it in the raw step log. With
+``--kill`` after the executable it then SIGKILLs that agent process: an agent dying mid-attempt.
 """
 
 from __future__ import annotations
@@ -74,4 +75,6 @@ def probes(log: str) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     report = {"tool_env": _session_vars(dict(os.environ)), "agent": agent_process(sys.argv[1])}
-    print(MARK + json.dumps(report))
+    print(MARK + json.dumps(report), flush=True)
+    if sys.argv[2:] == ["--kill"] and report["agent"]:  # the agent dies mid-attempt (a crash, an OOM kill)
+        os.kill(report["agent"]["pid"], 9)

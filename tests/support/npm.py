@@ -162,3 +162,20 @@ def ensure_codex() -> Path:
         lambda prefix: sorted((prefix / "node_modules" / "@openai" / f"codex-{system}-{arch}" / "vendor").glob(
             "*/bin/codex")),
         name="codex")
+
+
+# Node CLIs: the npm package is a bundle run by node (Node 20 here); `.bin/NAME` is its launcher.
+GEMINI_CLI_VERSION = "0.61.0"
+QWEN_CODE_VERSION = "0.15.10"  # the newest that runs on Node 20 (later ones need Node 22)
+
+
+def ensure_gemini() -> Path:
+    """``@google/gemini-cli``: ``gemini``, a node bundle."""
+    return ensure_npm_binary("@google/gemini-cli", GEMINI_CLI_VERSION,
+                             lambda prefix: [prefix / "node_modules" / ".bin" / "gemini"], name="gemini-cli")
+
+
+def ensure_qwen() -> Path:
+    """``@qwen-code/qwen-code``: ``qwen``, a node bundle."""
+    return ensure_npm_binary("@qwen-code/qwen-code", QWEN_CODE_VERSION,
+                             lambda prefix: [prefix / "node_modules" / ".bin" / "qwen"], name="qwen-code")

@@ -1,0 +1,85 @@
+"""The ``custom`` preset wiring a real agent CLI in YAML: Gemini CLI (npm, pinned) described by
+``agent.custom`` alone (argv with placeholders, JSON-lines pointers, streamed text deltas) against
+the scripted Gemini API, driven by a real ``ralph run``; what the gemini preset does in code, done
+by the loop file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import PY, ROOT, ralph, write_loop
+from tests.support.agent_probe import probes
+from tests.support.node_agents import gemini_env, node
+from tests.support.npm import NpmUnavailable, ensure_gemini
+from tests.support.scripted_api import ScriptedAPI, shell, text
+
+pytestmark = pytest.mark.slow
+
+PROBE = ROOT / "tests" / "support" / "agent_probe.py"
+PROMISE = "<promise>COMPLETE</promise>"
+MODEL = "gemini-2.5-flash"
+NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
+
+
+@pytest.fixture(scope="session")
+def gemini_bin() -> Path:
+    try:
+        return ensure_gemini()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"gemini not available: {e}")
+        pytest.fail(f"could not install gemini: {e}")
+
+
+def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolated: Path) -> None:
+    (tmp_path / "work").mkdir()
+    loop = write_loop(tmp_path, f"""
+        name: custom-gemini
+        title: "Custom Gemini #{{iteration}}"
+        workdir: work
+        agent:
+          preset: custom
+          model: {MODEL}
+          prompt: "Iteration {{iteration}}: fix the next failing test, then say {PROMISE}"
+          custom:
+            argv: [gemini, -o, stream-json, --skip-trust, --yolo, -m, "{{model}}", --session-id, "{{session_uuid}}"]
+            resume_argv: [gemini, -o, stream-json, --skip-trust, --yolo, -m, "{{model}}",
+                          --resume, "{{agent_session_id}}"]
+            prompt: stdin
+            events: jsonl
+            text: {{path: $.content, where: {{type: message, role: assistant}}}}
+            text_deltas: true
+            session_id: {{path: $.session_id, where: {{type: init}}}}
+            tokens_in: {{path: $.stats.input_tokens, where: {{type: result}}}}
+            tokens_out: {{path: $.stats.output_tokens, where: {{type: result}}}}
+        until:
+          max_iterations: 3
+          output_contains: "{PROMISE}"
+        """)
+    turns = [shell(f"{PY} {PROBE} {node()}"), text("Not yet."),
+             shell(f"{PY} {PROBE} {node()}"), text(f"All tests pass. {PROMISE}")]
+    with ScriptedAPI(turns, shape="gemini") as api:
+        result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = sorted(json.loads(ralph("sessions", "--json").stdout), key=lambda s: s["iteration"])
+    # The echoed prompt names the promise but is no assistant text; deltas are joined before matching.
+    assert [r["status"] for r in rows] == ["ok", "complete"]
+    for number, row in enumerate(rows, 1):
+        gemini_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        assert row["agent_session_id"] == gemini_id
+        assert (row["tokens_in"], row["tokens_out"]) == (200, 40)
+        (step,) = json.loads(ralph("show", row["id"], "--json").stdout)["steps"]
+        (report,) = probes(Path(step["log_path"]).read_text())
+        argv = report["agent"]["argv"]
+        assert argv[argv.index("-o"):] == ["-o", "stream-json", "--skip-trust", "--yolo", "-m", MODEL,
+                                           "--session-id", gemini_id]
+        assert report["tool_env"]["OPENCODE_SESSION_ID"] == row["id"]
+        assert report["tool_env"]["RALPH_ITERATION"] == str(number)
+    assert f"[2 agent] All tests pass. {PROMISE}" in result.stdout
+    assert '{"type"' not in result.stdout

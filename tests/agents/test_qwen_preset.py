@@ -1,0 +1,170 @@
+"""The ``qwen`` preset with the real Qwen Code CLI (npm ``@qwen-code/qwen-code``, pinned in
+tests/support/npm.py) against a scripted OpenAI-compatible API on 127.0.0.1
+(tests/support/scripted_api.py), driven by a real ``ralph run``. The model's turns make Qwen's shell
+tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool saw
+and the argv and env of the qwen (node) process above it.
+
+Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
+CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from helpers import PY, ROOT, ralph, write_loop
+from tests.support.agent_probe import probes
+from tests.support.node_agents import node, qwen_env
+from tests.support.npm import NpmUnavailable, ensure_qwen
+from tests.support.scripted_api import ScriptedAPI, Turn, shell, text
+
+pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
+
+PROBE = ROOT / "tests" / "support" / "agent_probe.py"
+PROMISE = "<promise>COMPLETE</promise>"
+MODEL = "qwen3-coder-plus"
+NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
+ARGS = ["--auth-type", "openai"]
+
+
+@pytest.fixture(scope="session")
+def qwen_bin() -> Path:
+    try:
+        return ensure_qwen()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"qwen not available: {e}")
+        pytest.fail(f"could not install qwen: {e}")
+
+
+def probe(then: str = "") -> Turn:
+    return shell(f"{PY} {PROBE} {node()}{then}")
+
+
+def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
+    (tmp_path / "work").mkdir(exist_ok=True)
+    extra = "\n          ".join(agent_keys)
+    return write_loop(tmp_path, f"""
+        name: qwen-test
+        title: "Qwen test #{{iteration}}"
+        workdir: work
+        agent:
+          preset: qwen
+          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test, then say {PROMISE}"
+          model: {MODEL}
+          args: {json.dumps(ARGS)}
+          {extra}
+        until:
+          max_iterations: 5
+          {until}
+        """)
+
+
+def sessions() -> list[dict]:
+    result = ralph("sessions", "--json")
+    assert result.returncode == 0, result.stderr
+    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
+
+
+def show(session_id: str) -> dict:
+    result = ralph("show", session_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+
+
+def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isolated: Path) -> None:
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    pidfile = tmp_path / "sleeper.pid"
+    leave = (f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
+             f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
+    turns = [probe(leave), text("One test fixed, more to go."), probe(), text(f"All tests pass. {PROMISE}")]
+    with ScriptedAPI(turns, shape="openai") as api:
+        result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success condition held" in result.stdout + result.stderr
+
+    assert len(api.scripted_requests) == 4
+    assert {r["model"] for r in api.scripted_requests} == {MODEL}
+    assert "Iteration 1 of qwen-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["messages"])
+
+    rows = sessions()
+    # The prompt names the promise; only the model's text counts, so iteration 1 did not complete.
+    assert [r["status"] for r in rows] == ["ok", "complete"]
+    for number, row in enumerate(rows, 1):
+        qwen_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        assert row["agent_session_id"] == qwen_id
+        assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
+        assert row["cost_usd"] is None  # Qwen Code reports none
+        (step,) = show(row["id"])["steps"]
+        (report,) = probes(Path(step["log_path"]).read_text())
+        agent = report["agent"]
+        assert agent is not None, report
+        at = agent["argv"].index("-o")
+        assert agent["argv"][at:] == ["-o", "stream-json", "--yolo", "--session-id", qwen_id, "-m", MODEL, *ARGS]
+        for env in (agent["env"], report["tool_env"]):
+            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
+            assert env["OPENCODE_SESSION_TITLE"] == f"Qwen test #{number}"
+            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
+        # Qwen's own store keeps the session under the derived UUID.
+        assert list((tmp_path / "qwen-home" / ".qwen" / "projects").glob(f"*/chats/{qwen_id}.jsonl"))
+
+    assert "qwen session " in result.stdout and "→ run_shell_command: $ " in result.stdout
+    assert "[1 agent] One test fixed, more to go." in result.stdout
+    assert '{"type"' not in result.stdout
+    assert not alive(int(pidfile.read_text()))
+    logged = (isolated / "logs" / rows[0]["run_id"] / "ralph.jsonl").read_text()
+    assert "process(es) the agent left running" in logged  # ralph ended it, not Qwen
+
+
+def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, isolated: Path) -> None:
+    """Attempt 1's agent dies mid-attempt (its own tool SIGKILLs it) after Qwen stored the session;
+    a second --session-id is refused ("already in use"), so attempt 2 --resumes it."""
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
+                     "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
+    turns = [probe(" --kill"), probe(), text(f"Fixed. {PROMISE}")]
+    with ScriptedAPI(turns, shape="openai") as api:
+        result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = sessions()
+    qwen_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    assert row["status"] == "complete" and row["agent_session_id"] == qwen_id
+    steps = show(row["id"])["steps"]
+    assert [s["attempt"] for s in steps] == [1, 2]
+    assert steps[0]["exit_code"] != 0 and steps[1]["exit_code"] == 0
+    (report,) = probes(Path(steps[1]["log_path"]).read_text())
+    argv = report["agent"]["argv"]
+    assert argv[argv.index("--yolo") + 1:argv.index("--yolo") + 3] == ["--resume", qwen_id]
+    assert report["tool_env"]["RALPH_ATTEMPT"] == "2"
+    # One conversation: attempt 2's request carries attempt 1's prompt as well as its own.
+    assert len(api.scripted_requests) == 3
+    assert json.dumps(api.scripted_requests[1]["messages"]).count("Iteration 1 of qwen-test") == 2
+
+
+def test_an_api_error_is_the_models_text_for_retry_on_output(qwen_bin: Path, tmp_path: Path,
+                                                              isolated: Path) -> None:
+    """Qwen Code answers an API error with exit 0 and "[API Error: …]" as the reply: it shows, and
+    counts as the agent's output (for retry.on_output and output_contains); the exit code says ok."""
+    from tests.support.scripted_api import error
+
+    loop = loop_file(tmp_path, 'output_contains: "API Error: 400"')
+    with ScriptedAPI([error(400, "scripted bad request")], shape="openai") as api:
+        result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = sessions()
+    assert row["status"] == "complete"
+    assert "[API Error: 400 scripted bad request]" in result.stdout
