@@ -642,7 +642,7 @@ def test_metrics_record_cost_and_tokens_by_loop_and_outcome() -> None:
                 "ralph.outcome": "ok",
                 "ralph.cost_usd": 0.25,
                 "session.id": "ses_x",
-                "gen_ai.usage.input_tokens": 10,
+                "ralph.usage.input_tokens": 10,
             },
             1.5,
         )
