@@ -27,6 +27,11 @@ FLUSH_BUDGET_S = 1.2  # the final flush waits for remote backends this long at m
 # host (benchmarks/bench_telemetry.py); a live backend answers a final batch in well under a second.
 
 
+def _nanos(seconds: float | None) -> int | None:
+    """Epoch seconds as OTel's nanoseconds, rounded to the microsecond: an agent's millisecond times stay exact."""
+    return None if seconds is None else round(seconds * 1e6) * 1000
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -92,7 +97,7 @@ class _OtelSpan(Span):
         if self._metrics is not None:
             with self.activate(), contextlib.suppress(Exception):  # metrics must never fail a loop
                 self._metrics.span_ended(self._name, self._attributes, time.monotonic() - self._started)
-        self._span.end(end_time=None if at is None else int(at * 1e9))
+        self._span.end(end_time=_nanos(at))
 
     @property
     def otel(self) -> Any:
@@ -150,7 +155,7 @@ class _OtelTelemetry(Telemetry):
             context = None
         attrs = {k: v for k, v in attributes.items() if v is not None}
         span = self._tracer.start_span(name, context=context, attributes=attrs, links=links,
-                                       start_time=None if start is None else int(start * 1e9))
+                                       start_time=_nanos(start))
         return _OtelSpan(span, name, {**inherited, **attrs}, self._metrics)
 
     def shutdown(self) -> None:

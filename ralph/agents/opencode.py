@@ -113,10 +113,12 @@ class OpencodeParser(StreamParser):
         at = event.get("timestamp")
         end = _seconds(times.get("end")) or _seconds(at) or time.time()
         start = _seconds(times.get("start")) or end
-        ok = state.get("status") != "error" and part.get("tool") != "invalid"
+        code = _obj(state.get("metadata")).get("exit")  # bash: the command's exit code
+        failed = state.get("status") == "error" or part.get("tool") == "invalid" or code not in (0, None)
+        error = str(state.get("error") or (f"exit {code}" if code not in (0, None) else "failed"))
         self.tool_call(ToolCall(str(part.get("callID") or part.get("id") or ""), str(part.get("tool") or "tool"),
-                                start, end, ok, as_text(state.get("input")), as_text(state.get("output")),
-                                None if ok else str(state.get("error") or "failed")))
+                                start, end, not failed, as_text(state.get("input")), as_text(state.get("output")),
+                                error if failed else None))
 
 
 def _seconds(ms: Any) -> float | None:

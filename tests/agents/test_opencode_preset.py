@@ -160,14 +160,42 @@ def test_each_iteration_runs_in_an_opencode_session_that_is_ralphs(
     assert "[2 agent] Fixed another\n[2 agent] test." in result.stdout
     assert '"type"' not in result.stdout
 
-    # tokens and cost on the iteration spans
-    iterations = {s["attrs"]["session.id"]: s["attrs"] for s in spans(isolated) if s["name"] == "ralph.iteration"}
+    # tokens and cost on the iteration spans; GenAI / OpenInference on the agent spans; a span per tool call
+    all_spans = spans(isolated)
+    iterations = {s["attrs"]["session.id"]: s["attrs"] for s in all_spans if s["name"] == "ralph.iteration"}
     for row in rows:
         attrs = iterations[row["id"]]
         assert attrs["ralph.agent.session_id"] == row["id"]
-        assert int(attrs["gen_ai.usage.input_tokens"]) == 200
-        assert int(attrs["gen_ai.usage.output_tokens"]) == 40
+        assert int(attrs["ralph.usage.input_tokens"]) == 200
+        assert int(attrs["ralph.usage.output_tokens"]) == 40
         assert attrs["ralph.cost_usd"] == pytest.approx(2 * STEP_COST)
+        assert attrs["openinference.span.kind"] == "CHAIN" and attrs["gen_ai.conversation.id"] == row["id"]
+        agent_span = next(s for s in all_spans if s["name"] == "ralph.step" and s["attrs"]["session.id"] == row["id"])
+        a = agent_span["attrs"]
+        assert (a["openinference.span.kind"], a["gen_ai.operation.name"], a["gen_ai.agent.name"]) == (
+            "AGENT", "invoke_agent", "oc-bound")
+        assert (a["gen_ai.provider.name"], a["gen_ai.request.model"], a["llm.model_name"]) == (
+            "scripted", "scripted-model", "scripted-model")
+        assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
+        assert [int(a[f"llm.token_count.{k}"]) for k in ("prompt", "completion", "total")] == [200, 40, 240]
+        assert a["gen_ai.conversation.id"] == row["id"] and a["ralph.agent.session_id"] == row["id"]
+        (tool,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"]]
+        events = parse_events((isolated / "logs" / row["run_id"] / row["id"] / "agent.log").read_text())
+        part = next(e["part"] for e in events if e["type"] == "tool_use")
+        assert tool["name"] == "execute_tool bash"
+        assert tool["attrs"] == {
+            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
+            "tool.name": "bash", "gen_ai.tool.call.id": part["callID"], "session.id": row["id"],
+            "gen_ai.conversation.id": row["id"]}  # no content: that is asked for
+        assert int(tool["startTimeUnixNano"]) == part["state"]["time"]["start"] * 1_000_000  # opencode's own times
+        assert int(tool["endTimeUnixNano"]) == part["state"]["time"]["end"] * 1_000_000
+        assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert "env | grep" not in (isolated / "traces.jsonl").read_text()
+    assert "Fix the next failing test" not in (isolated / "traces.jsonl").read_text()
+
+    # `ralph show` draws the tool spans in the span tree
+    tree = ralph("show", rows[0]["run_id"]).stdout
+    assert tree.count("execute_tool bash") == 3, tree
 
     listed = json.loads(ralph("sessions", "--json").stdout)
     assert {(s["id"], s["agent_session_id"], s["cost_usd"]) for s in listed} == {
