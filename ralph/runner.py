@@ -240,7 +240,10 @@ class ItemLoop:
         said: list[str] = []  # the model's last words, for output.value
         before = (report.tokens_in, report.tokens_out)
 
+        started: list[float] = []
+
         def prepare(env: dict[str, str]) -> StepCall:
+            started.append(time.time())
             ctx = AgentContext(self.spec, session, prompt, env, self.sv.log_path(session, "agent", number).parent,
                                number, self.binary)
             ctx_holder.append(ctx)
@@ -283,7 +286,8 @@ class ItemLoop:
             provider, model = self.preset.model_info(agent.model)
             tel = self.sv.tel
             semconv.agent_result(
-                step_span, provider=provider, model=model, response_model=parser.model if parser else None,
+                tel, step_span, session, started=started[0] if started else time.time(), provider=provider,
+                model=model, response_model=parser.model if parser else None,
                 tokens_in=_spent(before[0], report.tokens_in), tokens_out=_spent(before[1], report.tokens_out),
                 agent_session_id=report.agent_session_id, prompt=prompt, output=said[-1] if said else None,
                 capture=tel.capture_content)

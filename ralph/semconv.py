@@ -63,7 +63,8 @@ AGENT_SESSION = "ralph.agent.session_id"
 ITERATION_INPUT_TOKENS = "ralph.usage.input_tokens"  # the iteration's sum over its agent attempts
 ITERATION_OUTPUT_TOKENS = "ralph.usage.output_tokens"
 
-CHAIN, AGENT, TOOL, EVALUATOR = "CHAIN", "AGENT", "TOOL", "EVALUATOR"
+CHAIN, AGENT, TOOL, EVALUATOR, LLM = "CHAIN", "AGENT", "TOOL", "EVALUATOR", "LLM"
+CHAT = "chat"
 # A check step judges whether the loop is done; before/after/exec steps are plain work in the chain.
 STEP_KINDS = {"agent": AGENT, "check": EVALUATOR}
 
@@ -96,18 +97,26 @@ def step_attributes(kind: str, session: Session) -> dict[str, Any]:
     return attributes
 
 
-def agent_result(span: Span, *, provider: str | None, model: str | None, response_model: str | None,
-                 tokens_in: int | None, tokens_out: int | None, agent_session_id: str | None,
-                 prompt: str | None, output: str | None, capture: bool) -> None:
-    """An agent attempt's span once the agent ended: models, this attempt's tokens, content if asked."""
-    span.set_many({
+def agent_result(tel: Telemetry, span: Span, session: Session, *, started: float, provider: str | None,
+                 model: str | None, response_model: str | None, tokens_in: int | None, tokens_out: int | None,
+                 agent_session_id: str | None, prompt: str | None, output: str | None, capture: bool) -> None:
+    """An agent attempt's span once the agent ended: models, this attempt's tokens, content if asked.
+
+    When the agent reported tokens, a ``chat {model}`` LLM child span from ``started`` to now carries
+    the attempt's model usage too: Phoenix (and others) count tokens and cost from LLM spans only."""
+    usage = {
         PROVIDER: provider, LLM_PROVIDER: provider, REQUEST_MODEL: model, RESPONSE_MODEL: response_model,
         MODEL_NAME: response_model or model, INPUT_TOKENS: tokens_in, OUTPUT_TOKENS: tokens_out,
         PROMPT_TOKENS: tokens_in, COMPLETION_TOKENS: tokens_out,
         TOTAL_TOKENS: (tokens_in or 0) + (tokens_out or 0) if tokens_in is not None or tokens_out is not None
         else None,
-        AGENT_SESSION: agent_session_id,
-    })
+    }
+    span.set_many({**usage, AGENT_SESSION: agent_session_id})
+    if tokens_in is not None or tokens_out is not None:
+        name = " ".join(p for p in (CHAT, response_model or model) if p)
+        llm = tel.span(name, {**usage, SPAN_KIND: LLM, OPERATION: CHAT, SESSION: session.id,
+                              CONVERSATION: session.id}, parent=span, start=started)
+        llm.end()
     if capture:
         if prompt is not None:
             span.set_many({INPUT_VALUE: truncate(prompt), INPUT_MIME: "text/plain"})

@@ -128,7 +128,10 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
             200, 40, 240)
         assert a["input.value"] == f"Iteration {number} of claude-test: fix the next failing test"
         assert a["output.value"] == ["One test fixed, more to go.", f"All tests pass. {PROMISE}"][number - 1]
-        (tool,) = [s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"]]
+        (llm,) = [s for s in detail["spans"] if s["name"] == f"chat {MODEL}"]
+        assert llm["parent_id"] == agent_span["span_id"] and llm["attributes"]["llm.token_count.total"] == 240
+        assert "input.value" not in llm["attributes"]  # the prompt is the agent's, once
+        (tool,) = [s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"] and s is not llm]
         (use,) = [b for e in stream if e["type"] == "assistant" for b in e["message"]["content"]
                   if b["type"] == "tool_use"]
         assert tool["name"] == "execute_tool Bash" and tool["status"] == "unset"

@@ -116,7 +116,9 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
             "AGENT", "openai", MODEL)
         assert a["gen_ai.usage.output_tokens"] == a["llm.token_count.completion"] == 20 * requests
         assert "input.value" not in a and "output.value" not in a  # no content unless asked
-        tools = sorted((s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"]),
+        (llm,) = [s for s in detail["spans"] if s["name"] == f"chat {MODEL}"]
+        assert llm["attributes"]["openinference.span.kind"] == "LLM" and llm["parent_id"] == agent_span["span_id"]
+        tools = sorted((s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"] and s is not llm),
                        key=lambda s: s["start"])
         commands = [i for e in stream if e["type"] == "item.completed" for i in [e["item"]]
                     if i["type"] == "command_execution"]

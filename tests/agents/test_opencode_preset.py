@@ -179,7 +179,11 @@ def test_each_iteration_runs_in_an_opencode_session_that_is_ralphs(
         assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
         assert [int(a[f"llm.token_count.{k}"]) for k in ("prompt", "completion", "total")] == [200, 40, 240]
         assert a["gen_ai.conversation.id"] == row["id"] and a["ralph.agent.session_id"] == row["id"]
-        (tool,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"]]
+        (llm,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"] and s["name"].startswith("chat")]
+        assert llm["name"] == "chat scripted-model" and llm["attrs"]["openinference.span.kind"] == "LLM"
+        assert (int(llm["attrs"]["llm.token_count.prompt"]), int(llm["attrs"]["gen_ai.usage.output_tokens"])) == (
+            200, 40)
+        (tool,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"] and s is not llm]
         events = parse_events((isolated / "logs" / row["run_id"] / row["id"] / "agent.log").read_text())
         part = next(e["part"] for e in events if e["type"] == "tool_use")
         assert tool["name"] == "execute_tool bash"
