@@ -212,3 +212,27 @@ def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> No
     assert result.returncode == 2, result.stdout + result.stderr
     assert "'./tools/claude' is not an executable file" in result.stderr and "agent.bin" in result.stderr
     assert not (isolated / "ralph.db").exists()
+
+
+def test_the_parser_pairs_tool_use_with_tool_result_and_fails_an_unanswered_call() -> None:
+    from ralph.agents.claude import ClaudeParser, _Recent
+
+    parser = ClaudeParser("uuid", False, _Recent())
+    lines = [
+        {"type": "system", "subtype": "init", "session_id": "uuid", "model": MODEL},
+        {"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "pytest"}}]}},
+        {"type": "user", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+             "content": [{"type": "text", "text": "1 failed\nmore"}]}]}},
+        {"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": "toolu_2", "name": "Edit", "input": {"file_path": "a.py"}}]}},
+    ]
+    for line in lines:
+        parser.feed(json.dumps(line).encode())
+    assert parser.model == MODEL
+    first, second = parser.finish()
+    assert (first.call_id, first.name, first.ok, first.error, first.output) == (
+        "toolu_1", "Bash", False, "1 failed …", "1 failed\nmore")
+    assert json.loads(first.input or "") == {"command": "pytest"} and first.start <= first.end
+    assert (second.call_id, second.name, second.ok, second.error) == ("toolu_2", "Edit", False, "no result")

@@ -413,8 +413,9 @@ EVENTS = [
         "output": f"{PROMISE}\n", "metadata": {"exit": 3}, "title": "echo"}}},
     {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "read", "state": {
         "status": "error", "input": {"filePath": "/x"}, "error": "File not found: /x\nmore"}}},
-    {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "glob", "state": {
-        "status": "completed", "input": {"pattern": "*.py"}, "title": "src"}}},
+    {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "glob", "callID": "call_3", "state": {
+        "status": "completed", "input": {"pattern": "*.py"}, "title": "src", "output": "src",
+        "time": {"start": 1795606716890, "end": 1795606717140}}}},
     {"type": "step_finish", "sessionID": "ses_theirs", "part": {"type": "step-finish", "reason": "tool-calls",
      "tokens": {"total": 170, "input": 100, "output": 20, "reasoning": 5, "cache": {"write": 15, "read": 30}},
      "cost": 0.0006}},
@@ -445,6 +446,12 @@ def test_the_parser_renders_events_and_counts_text_tokens_and_cost() -> None:
     assert report.agent_session_id == parser.binding.agent_id == "ses_theirs"
     assert (report.tokens_in, report.tokens_out) == (100 + 30 + 15 + 100, 20 + 5 + 20)
     assert report.cost_usd == pytest.approx(0.001)
+    # each tool part is one ToolCall: a bash exit != 0 and a tool error fail; opencode's own times kept
+    calls = parser.finish()
+    assert [(c.name, c.ok, c.error) for c in calls] == [
+        ("bash", False, "exit 3"), ("read", False, "File not found: /x\nmore"), ("glob", True, None)]
+    assert (calls[2].call_id, calls[2].start, calls[2].end) == ("call_3", 1795606716.890, 1795606717.140)
+    assert json.loads(calls[2].input or "") == {"pattern": "*.py"} and calls[2].output == "src"
 
 
 def test_the_parser_notices_session_not_found_and_shows_plain_lines() -> None:
