@@ -112,15 +112,15 @@ class TaggedTelemetry(Telemetry):
     def __init__(self, inner: Telemetry, attributes: Mapping[str, Any]) -> None:
         super().__init__()
         self.inner, self.attributes = inner, dict(attributes)
-        self.warnings = inner.warnings
+        self.warnings, self.capture_content = inner.warnings, inner.capture_content
 
     @property
     def enabled(self) -> bool:  # type: ignore[override]
         return self.inner.enabled
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None) -> Span:
-        return self.inner.span(name, {**self.attributes, **attributes}, parent, carrier)
+             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
+        return self.inner.span(name, {**self.attributes, **attributes}, parent, carrier, start)
 
     def shutdown(self) -> None:
         self.inner.shutdown()

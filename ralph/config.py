@@ -234,6 +234,9 @@ class Telemetry(Model):
     trace_per: Literal["run", "session"] = Field(
         "run", description="run: one trace per run; session: each iteration roots its own trace, linked to "
         "the run's (for backends such as Phoenix that group one trace into one session)")
+    capture_content: bool = Field(
+        False, description="put the prompt, the agent's final text and its tool calls' input and output into "
+        "spans (like OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true, which wins when set)")
 
 
 class LoopFile(Model):

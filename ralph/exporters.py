@@ -150,12 +150,25 @@ def _stderr_warning(message: str) -> None:
     sys.stderr.flush()
 
 
+def _stderr_note(message: str) -> None:
+    sys.stderr.write(f"ralph: {message}\n")
+    sys.stderr.flush()
+
+
+# A backend that has no endpoint for a signal (Phoenix takes traces only) answers this: not a failure.
+_NO_SUCH_SIGNAL = re.compile(r"\b(404|405|UNIMPLEMENTED)\b")
+
+
 class Guard:
     """Shared by one run's remote exporters: the first failure of any signal prints the run's only
-    export warning; a signal that failed skips its exports for ``COOL_OFF_S``."""
+    export warning; a signal that failed skips its exports for ``COOL_OFF_S``. A backend answering
+    404/405 to metrics or logs (it takes traces only) costs one quiet note instead, and that signal
+    is not sent again in this run."""
 
-    def __init__(self, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, warn: Callable[[str], None] | None = None, note: Callable[[str], None] | None = None) -> None:
         self.warn = warn or _stderr_warning
+        self.note = note or _stderr_note
+        self.noted = False
         self.warned = False
         self.failures: list[str] = []
         self.endpoints: set[str] = set()  # of every guarded exporter, to name in a warning
@@ -166,6 +179,16 @@ class Guard:
         return time.monotonic() < self._skip_until.get(signal, 0.0)
 
     def failed(self, signal: str, where: str, reason: str) -> None:
+        unsupported = _NO_SUCH_SIGNAL.search(reason) if signal != "traces" else None
+        if unsupported:
+            with self._lock:
+                self._skip_until[signal] = float("inf")
+                first, self.noted = not self.noted, True
+            if first:
+                base = re.sub(rf"/v1/{signal}$", "", where)
+                self.note(f"telemetry: {base} takes traces only ({unsupported.group(1)} to OTLP {signal}); "
+                          "metrics and logs it refuses are not sent again in this run")
+            return
         with self._lock:
             self._skip_until[signal] = time.monotonic() + COOL_OFF_S
             self.failures.append(f"{signal}: {reason}")

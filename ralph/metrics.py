@@ -44,7 +44,7 @@ class Metrics:
             if isinstance(cost, int | float) and cost > 0:
                 self._cost.add(cost, labels)
             for kind in ("input", "output"):
-                tokens = attributes.get(f"gen_ai.usage.{kind}_tokens")
+                tokens = attributes.get(f"ralph.usage.{kind}_tokens")  # the iteration's sum (ralph.semconv)
                 if isinstance(tokens, int) and tokens > 0:
                     self._tokens.add(tokens, {**labels, "gen_ai.token.type": kind})
         elif name == "ralph.step":

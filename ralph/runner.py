@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import batch as batching
-from ralph import telemetry
+from ralph import semconv, telemetry
 from ralph.agents import get_preset
-from ralph.agents.base import AgentContext, AgentReport, Preset
+from ralph.agents.base import AgentContext, AgentReport, Preset, StreamParser
 from ralph.config import Step
 from ralph.console import Console, LineSplitter, make_console
 from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
@@ -124,7 +124,7 @@ class ItemLoop:
         span = sv.tel.span("ralph.iteration", {
             "session.id": session.id, "session.title": session.title, "ralph.iteration": number,
             "ralph.loop": spec.name, "ralph.run_id": sv.run_id, "session.previous_id": previous,
-            "ralph.item": self.item,
+            "ralph.item": self.item, **semconv.iteration_attributes(session),
         }, parent=self.run_span)
         sv.store.start_session(id=session.id, run_id=sv.run_id, loop=spec.name, title=session.title,
                                iteration=number, item=self.item, previous_id=previous,
@@ -155,8 +155,9 @@ class ItemLoop:
         report = agent.report if agent else AgentReport()
         sv.store.finish_session(session.id, status, agent_session_id=report.agent_session_id,
                                 tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd)
-        span.set_many({"ralph.outcome": status, "gen_ai.usage.input_tokens": report.tokens_in,
-                       "gen_ai.usage.output_tokens": report.tokens_out, "ralph.cost_usd": report.cost_usd,
+        # gen_ai.usage.* is on each agent attempt's span: backends sum it, so the iteration has its own names.
+        span.set_many({"ralph.outcome": status, semconv.ITERATION_INPUT_TOKENS: report.tokens_in,
+                       semconv.ITERATION_OUTPUT_TOKENS: report.tokens_out, "ralph.cost_usd": report.cost_usd,
                        "ralph.agent.session_id": report.agent_session_id})
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
         sv.runlog.info(f"iteration {status}", session, span, status=status)
@@ -236,9 +237,14 @@ class ItemLoop:
         agent = self.spec.config.agent
         retry_on = StreamMatcher(agent.retry.on_output, ignore_case=True)
         ctx_holder: list[AgentContext] = []
-        parser_holder: list[Callable[[bytes], tuple[str | None, str | None]]] = []
+        parser_holder: list[StreamParser] = []
+        said: list[str] = []  # the model's last words, for output.value
+        before = (report.tokens_in, report.tokens_out)
+
+        started: list[float] = []
 
         def prepare(env: dict[str, str]) -> StepCall:
+            started.append(time.time())
             ctx = AgentContext(self.spec, session, prompt, env, self.sv.log_path(session, "agent", number).parent,
                                number, self.binary)
             ctx_holder.append(ctx)
@@ -248,7 +254,7 @@ class ItemLoop:
             parser = self.preset.parser(ctx)
             if parser is not None:
                 parser.report = report  # attempts of one iteration add up
-                parser_holder.append(parser.feed)
+                parser_holder.append(parser)
             inv = self.preset.invocation(ctx)
             env.update(inv.env)  # run_step spawns the agent with this very dict
             return StepCall("agent", "agent", inv.argv, inv.stdin, agent.timeout, agent.idle_timeout, number,
@@ -263,27 +269,47 @@ class ItemLoop:
                 return
             shown = []
             for line in splitter.feed(data):
-                display, text = parser_holder[0](line)
+                display, text = parser_holder[0].feed(line)
                 if text:
+                    said[:] = [text]
                     until.feed(text.encode("utf-8") + b"\n")
                     retry_on.feed(text.encode("utf-8") + b"\n")
                 if display is not None:
                     shown.extend(display.encode("utf-8").split(b"\n"))  # each line gets the prefix
             self.sv.console.output_lines(session, "agent", shown)
 
+        def finish(step_span: Span, outcome: Outcome) -> None:
+            if parser_holder:
+                on_output(b"")
+                for line in splitter.flush():
+                    parser_holder[0].feed(line)
+            parser = parser_holder[0] if parser_holder else None
+            provider, model = self.preset.model_info(agent.model)
+            tel = self.sv.tel
+            semconv.agent_result(
+                tel, step_span, session, started=started[0] if started else time.time(), provider=provider,
+                model=model, response_model=parser.model if parser else None,
+                tokens_in=_spent(before[0], report.tokens_in), tokens_out=_spent(before[1], report.tokens_out),
+                agent_session_id=report.agent_session_id, prompt=prompt, output=said[-1] if said else None,
+                capture=tel.capture_content)
+            if parser is not None:
+                semconv.tool_spans(tel, step_span, session, parser.finish(), tel.capture_content)
+
         try:
             outcome = run_step(self.sv, session, span, StepCall("agent", "agent", attempt=number), on_output,
-                               show_output=not self.preset.structured, deadline=deadline, prepare=prepare)
+                               show_output=not self.preset.structured, deadline=deadline, prepare=prepare,
+                               finish=finish)
         finally:
             for ctx in ctx_holder:  # however the attempt ended: the preset ends what the agent left running
                 for note in self.preset.cleanup(ctx):
                     self.sv.runlog.info(note, session, span, step="agent", attempt=number)
-        if parser_holder:
-            on_output(b"")
-            for line in splitter.flush():
-                parser_holder[0](line)
         self._retry_hit = retry_on.found
         return AgentResult(outcome, until.found is not None, report)
+
+
+def _spent(before: int | None, after: int | None) -> int | None:
+    """An attempt's share of an iteration's running token total."""
+    return None if after is None else after - (before or 0)
 
 
 def _exit_status(results: list[LoopResult], cancel: CancelToken) -> tuple[str, int, str]:
@@ -329,7 +355,8 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
     inbound = {k: os.environ[k] for k in ("TRACEPARENT", "TRACESTATE") if os.environ.get(k)}
     try:
         with handle_signals() as cancel:
-            run_span = tel.span("ralph.run", {"ralph.run_id": run_id, "ralph.loop": spec.name}, carrier=inbound)
+            run_span = tel.span("ralph.run", {"ralph.run_id": run_id, "ralph.loop": spec.name,
+                                              **semconv.run_attributes()}, carrier=inbound)
             store.start_run(run_id, spec.name, str(spec.path.resolve()), trace_id=run_span.trace_id or None,
                             span_id=run_span.span_id or None, batch=batch_id,
                             shard="/".join(map(str, options.shard)) if options.shard else None,

@@ -146,17 +146,17 @@ class _ExecTelemetry(Telemetry):
     def __init__(self, inner: Telemetry) -> None:
         super().__init__()
         self.inner = inner
-        self.warnings = inner.warnings
+        self.warnings, self.capture_content = inner.warnings, inner.capture_content
 
     @property
     def enabled(self) -> bool:  # type: ignore[override]
         return self.inner.enabled
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None) -> Span:
+             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
         if isinstance(parent, _ParentSpan):
-            return self.inner.span(name, attributes, None, parent.carrier_ or None)
-        return self.inner.span(name, attributes, parent, carrier)
+            return self.inner.span(name, attributes, None, parent.carrier_ or None, start)
+        return self.inner.span(name, attributes, parent, carrier, start)
 
     def shutdown(self) -> None:
         self.inner.shutdown()

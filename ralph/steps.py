@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ralph import semconv
 from ralph.console import Console, LineSplitter
 from ralph.errors import StateError
 from ralph.interrupt import CancelToken
@@ -69,14 +70,17 @@ def run_step(
     show_output: bool = True,
     deadline: float | None = None,
     prepare: Callable[[dict[str, str]], StepCall] | None = None,
+    finish: Callable[[Span, Outcome], None] | None = None,
 ) -> Outcome:
     """Run one step attempt to its end. ``on_output`` sees the raw chunks as they arrive;
-    ``prepare`` builds the call from the step's final env (a preset needs it to start the agent)."""
+    ``prepare`` builds the call from the step's final env (a preset needs it to start the agent);
+    ``finish`` adds to the span (and below it) once the process ended, before the span ends."""
     sv = services
     log_path = sv.log_path(session, call.name, call.attempt)
     span = sv.tel.span("ralph.step", {
         "session.id": session.id, "ralph.step.name": call.name, "ralph.step.kind": call.kind,
         "ralph.attempt": call.attempt, "ralph.iteration": session.iteration, "ralph.run_id": session.run_id,
+        **semconv.step_attributes(call.kind, session),
     }, parent=parent)
     full_env = sv.env_for(session, call.name, call.attempt, span)
     if prepare is not None:
@@ -113,6 +117,8 @@ def run_step(
     sv.store.finish_step(step_id, outcome.status, outcome.exit_code, pid=outcome.pid, reason=outcome.reason)
     span.set_many({"process.exit.code": outcome.exit_code, "process.pid": outcome.pid,
                    "ralph.step.status": outcome.status})
+    if finish is not None:
+        finish(span, outcome)
     error = None
     if not outcome.ok:
         error = {"timeout": "timeout", "interrupted": "interrupted", "error": "spawn_error"}.get(

@@ -27,6 +27,11 @@ FLUSH_BUDGET_S = 1.2  # the final flush waits for remote backends this long at m
 # host (benchmarks/bench_telemetry.py); a live backend answers a final batch in well under a second.
 
 
+def _nanos(seconds: float | None) -> int | None:
+    """Epoch seconds as OTel's nanoseconds, rounded to the microsecond: an agent's millisecond times stay exact."""
+    return None if seconds is None else round(seconds * 1e6) * 1000
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -51,8 +56,8 @@ class Span:
         """Make this the current span (log records and metric exemplars pick it up)."""
         return contextlib.nullcontext()
 
-    def end(self, error: str | None = None, description: str | None = None) -> None:
-        pass
+    def end(self, error: str | None = None, description: str | None = None, at: float | None = None) -> None:
+        """``at``: when it ended (epoch seconds), for spans of what the agent reported afterwards."""
 
 
 class _OtelSpan(Span):
@@ -83,7 +88,7 @@ class _OtelSpan(Span):
         return trace.use_span(self._span, end_on_exit=False, record_exception=False,
                               set_status_on_exception=False)
 
-    def end(self, error: str | None = None, description: str | None = None) -> None:
+    def end(self, error: str | None = None, description: str | None = None, at: float | None = None) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         if error:
@@ -92,7 +97,7 @@ class _OtelSpan(Span):
         if self._metrics is not None:
             with self.activate(), contextlib.suppress(Exception):  # metrics must never fail a loop
                 self._metrics.span_ended(self._name, self._attributes, time.monotonic() - self._started)
-        self._span.end()
+        self._span.end(end_time=_nanos(at))
 
     @property
     def otel(self) -> Any:
@@ -103,13 +108,15 @@ class Telemetry:
     """No-op tracer; ``setup`` returns the real one when tracing is on."""
 
     enabled = False
+    capture_content = False  # prompts, model text, tool input/output into spans (ralph.semconv)
     warnings: list[str]
 
     def __init__(self) -> None:
         self.warnings = []
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None) -> Span:
+             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
+        """``start``: when it started (epoch seconds) if not now."""
         return Span()
 
     def shutdown(self) -> None:
@@ -128,7 +135,7 @@ class _OtelTelemetry(Telemetry):
         self._closed = False
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None) -> Span:
+             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
         from opentelemetry import context as otel_context
         from opentelemetry import trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -147,7 +154,8 @@ class _OtelTelemetry(Telemetry):
         else:
             context = None
         attrs = {k: v for k, v in attributes.items() if v is not None}
-        span = self._tracer.start_span(name, context=context, attributes=attrs, links=links)
+        span = self._tracer.start_span(name, context=context, attributes=attrs, links=links,
+                                       start_time=_nanos(start))
         return _OtelSpan(span, name, {**inherited, **attrs}, self._metrics)
 
     def shutdown(self) -> None:
@@ -230,6 +238,9 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
         remote.append(logger_provider.shutdown)
     tel = _OtelTelemetry(provider, local, remote, metrics, log_handler, guard, config.trace_per)
     tel.warnings = notes
+    from ralph import semconv
+
+    tel.capture_content = semconv.capture_content(config, env)
     return tel
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,9 @@ from typing import Any
 import pytest
 
 from helpers import PY, ROOT, ralph, write_loop, yaml_list
-
-try:  # `python -m pytest` from the repo root, or tests/ as a package
-    from tests.support.phoenix import PhoenixServer, find_phoenix
-except ImportError:  # plain `pytest`: tests/ itself is on sys.path
-    from support.phoenix import PhoenixServer, find_phoenix  # type: ignore[no-redef]
+from tests.support.llm_server import ScriptedLLM, bash, text
+from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events
+from tests.support.phoenix import PhoenixServer, find_phoenix
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.slow]
 
@@ -142,9 +141,10 @@ def test_a_run_is_one_trace_in_phoenix_with_every_session_labelled(tmp_path: Pat
 def test_trace_per_session_lists_every_session_in_phoenix(tmp_path: Path, phoenix: PhoenixServer) -> None:
     project = "ralph-session-traces"
     run, sessions, stderr = _run(tmp_path, phoenix, project, telemetry="telemetry: {trace_per: session}")
-    # Phoenix takes no OTLP logs or metrics (HTTP 405): one warning, and the spans still all arrive.
-    (warning,) = [line for line in stderr.splitlines() if line.startswith("ralph: warning:")]
-    assert "405" in warning and phoenix.base_url in warning
+    # Phoenix takes no OTLP logs or metrics (HTTP 405): one quiet line, no warning; the spans all arrive.
+    assert "warning" not in stderr
+    (note,) = [line for line in stderr.splitlines() if line.startswith("ralph: telemetry:")]
+    assert "405" in note and phoenix.base_url in note and "takes traces only" in note
 
     listed = phoenix.wait_for_sessions(ITERATIONS, project=project)
     assert sorted(s["session_id"] for s in listed) == sorted(s["id"] for s in sessions)
@@ -160,3 +160,96 @@ def test_trace_per_session_lists_every_session_in_phoenix(tmp_path: Path, phoeni
     (root,) = phoenix.wait_for_spans(1, project=project, trace_id=run["trace_id"])
     assert root["name"] == "ralph.run" and "session.id" not in root["attributes"]
     assert run["trace_id"] not in {s["trace_id"] for s in sessions}
+
+
+def test_the_readme_phoenix_example_runs_clean(tmp_path: Path, phoenix: PhoenixServer) -> None:
+    """README: `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:6006 ralph run loops/demo.yaml`."""
+    result = ralph("run", str(ROOT / "loops" / "demo.yaml"), env={"OTEL_EXPORTER_OTLP_ENDPOINT": phoenix.base_url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning" not in result.stderr.lower(), result.stderr
+    assert len([line for line in result.stderr.splitlines() if "405" in line]) == 1  # the one quiet line
+    sessions = json.loads(ralph("sessions", "--json").stdout)
+    run = json.loads(ralph("show", sessions[0]["run_id"], "--json").stdout)
+    spans = phoenix.wait_for_spans(len(run["spans"]), trace_id=run["trace_id"])
+    kinds = {(s["name"], s["attributes"].get("ralph.step.kind")): s["span_kind"] for s in spans}
+    assert kinds == {("ralph.run", None): "CHAIN", ("ralph.iteration", None): "CHAIN",
+                     ("ralph.step", "before"): "CHAIN", ("ralph.step", "agent"): "AGENT",
+                     ("ralph.step", "after"): "CHAIN"}
+    # Phoenix takes gen_ai.conversation.id as session.id on every iteration and agent span.
+    for s in spans:
+        if s["name"] == "ralph.iteration" or s["attributes"].get("ralph.step.kind") == "agent":
+            assert s["attributes"]["session.id"] in {x["id"] for x in sessions}
+
+
+@pytest.fixture(scope="module")
+def opencode_bin() -> Path:
+    try:
+        return ensure_opencode()
+    except OpencodeUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"opencode not available: {e}")
+        pytest.fail(f"could not install opencode: {e}")
+
+
+@pytest.mark.opencode
+def test_a_real_opencode_loop_in_phoenix_kinds_tokens_tools_and_sessions(
+    tmp_path: Path, phoenix: PhoenixServer, opencode_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("OPENCODE_"):
+            monkeypatch.delenv(name)
+    project = "ralph-opencode"
+    (tmp_path / "work").mkdir()
+    loop = write_loop(tmp_path, """
+        name: oc-phoenix
+        title: "Fix tests #{iteration}"
+        workdir: work
+        agent:
+          preset: opencode
+          model: scripted/scripted-model
+          prompt: "Fix the next failing test (iteration {iteration})"
+        until:
+          max_iterations: 2
+          output_contains: "<promise>COMPLETE</promise>"
+        telemetry: {trace_per: session}
+        """)
+    turns = [bash("echo ran-the-tests", "Run the tests"), text("Fixed one."),
+             bash("echo ran-again; exit 4", "Run the tests"), text("All pass. <promise>COMPLETE</promise>")]
+    with ScriptedLLM(turns) as srv:
+        env = {**opencode_env(tmp_path, srv.base_url, "scripted/scripted-model"),
+               "PATH": f"{opencode_bin.parent}{os.pathsep}{os.environ['PATH']}",
+               "OTEL_EXPORTER_OTLP_ENDPOINT": phoenix.base_url,
+               "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+        result = ralph("run", str(loop), env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    sessions = sorted(json.loads(ralph("sessions", "--json").stdout), key=lambda s: s["iteration"])
+    assert len(sessions) == 2
+
+    listed = {s["session_id"]: s for s in phoenix.wait_for_sessions(2, project=project)}
+    assert sorted(listed) == sorted(s["id"] for s in sessions)
+    for number, session in enumerate(sessions, 1):
+        spans = phoenix.wait_for_spans(4, project=project, trace_id=session["trace_id"])  # iteration, agent, llm, tool
+        by_kind: dict[str, list[dict[str, Any]]] = {}
+        for s in spans:
+            by_kind.setdefault(s["span_kind"], []).append(s)
+        assert sorted(by_kind) == ["AGENT", "CHAIN", "LLM", "TOOL"]
+        (iteration,), (agent,), (llm,), (tool,) = by_kind["CHAIN"], by_kind["AGENT"], by_kind["LLM"], by_kind["TOOL"]
+        assert llm["name"] == "chat scripted-model" and llm["parent_id"] == agent["context"]["span_id"]
+        assert iteration["name"] == "ralph.iteration" and agent["parent_id"] == iteration["context"]["span_id"]
+        assert tool["parent_id"] == agent["context"]["span_id"]
+        a = agent["attributes"]
+        assert a["session.id"] == session["id"] and a["gen_ai.agent.name"] == "oc-phoenix"
+        assert a["llm.model_name"] == "scripted-model" and a["llm.provider"] == "scripted"
+        assert (a["llm.token_count.prompt"], a["llm.token_count.completion"], a["llm.token_count.total"]) == (
+            200, 40, 240)
+        assert "input.value" not in a and "output.value" not in a  # content only on request
+        t = tool["attributes"]
+        assert tool["name"] == "execute_tool bash" and t["tool.name"] == "bash"
+        log = Path(json.loads(ralph("show", session["id"], "--json").stdout)["steps"][0]["log_path"]).read_text()
+        (part,) = [e["part"] for e in parse_events(log) if e["type"] == "tool_use"]
+        assert t["gen_ai.tool.call.id"] == part["callID"]
+        assert tool["status_code"] == ("UNSET" if number == 1 else "ERROR")  # `exit 4` failed
+        # Phoenix sums the LLM spans' tokens for a session (the agent's, counted once).
+        assert phoenix.get_json(f"/v1/sessions/{session['id']}")["data"]["token_count_total"] == 240
+    assert "ran-the-tests" not in json.dumps(phoenix.spans(project))

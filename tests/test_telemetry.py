@@ -90,6 +90,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: dict[str, list[bytes]] = {"traces": [], "logs": [], "metrics": []}
+        self.refuse: set[str] = set()  # signals answered with 405, as Phoenix answers metrics and logs
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -97,7 +98,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 signal = self.path.rsplit("/", 1)[-1]
                 receiver.bodies.setdefault(signal, []).append(body)
-                self.send_response(200)
+                self.send_response(405 if signal in receiver.refuse else 200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -220,6 +221,7 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
         "ralph.outcome": "exhausted",
         "process.exit.code": 1,
         "error.type": "exhausted",
+        "openinference.span.kind": "CHAIN",
     }
     assert run["status"] == 2  # ERROR: the run failed
     assert run["resource"]["service.name"] == "ralph"
@@ -237,6 +239,8 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
             "ralph.loop": "spans",
             "ralph.run_id": runs[0]["id"],
             "ralph.outcome": "ok",
+            "openinference.span.kind": "CHAIN",
+            "gen_ai.conversation.id": row["id"],
         }
         if number > 1:
             expected["session.previous_id"] = sessions[number - 1]["id"]
@@ -260,6 +264,12 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
             ]
         )
         assert isinstance(a["process.exit.code"], int) and isinstance(a["process.pid"], int)
+        kind = {"agent": "AGENT", "check": "EVALUATOR"}.get(a["ralph.step.kind"], "CHAIN")
+        assert a["openinference.span.kind"] == kind
+        if kind == "AGENT":  # a command agent: no provider, model or tokens to tell
+            assert {k: v for k, v in a.items() if k.startswith("gen_ai.")} == {
+                "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "spans",
+                "gen_ai.conversation.id": a["session.id"]}
         failed = a["ralph.step.name"] in ("lenient", "check")
         assert (step["status"] == 2) is failed
         assert a.get("error.type") == ({"lenient": "5", "check": "1"}.get(a["ralph.step.name"]))
@@ -276,6 +286,7 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
         ).read_text()
         assert f"pid {pid['process.pid']}" in log  # the child's own pid
         assert "process.command_args" not in agent  # an agent's argv may hold the prompt
+        assert "input.value" not in agent and "output.value" not in agent
         assert agent["process.executable.name"] == os.path.basename(DUMP_ENV[0])
         assert span_of["lenient", number]["attributes"]["process.exit.code"] == 5
 
@@ -301,6 +312,43 @@ def test_no_env_value_or_prompt_reaches_any_attribute(tmp_path: Path, isolated: 
     for secret in secrets:
         assert secret not in traces
         assert secret.encode() not in receiver.raw()
+
+
+def _capture_loop(tmp_path: Path, prompt: str, extra: str = "") -> Path:
+    return write_loop(tmp_path, f"""
+        name: capture
+        agent:
+          command: "echo done"
+          prompt: "{prompt}"
+        steps: {{before: [{{name: prep, run: "true"}}]}}
+        until: {{max_iterations: 1}}
+        {extra}
+    """)
+
+
+@pytest.mark.parametrize("how", ["env", "loop file"])
+def test_content_capture_puts_the_prompt_on_the_agent_span(tmp_path: Path, isolated: Path, how: str) -> None:
+    from ralph.semconv import CONTENT_LIMIT, TRUNCATED
+
+    prompt = "secret-prompt-" + "x" * (CONTENT_LIMIT + 100)  # longer than what is kept
+    env = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"} if how == "env" else {}
+    extra = "telemetry: {capture_content: true}" if how == "loop file" else ""
+    result = ralph("run", str(_capture_loop(tmp_path, prompt, extra)), env=env)
+    assert result.returncode == 0, result.stderr
+    spans = file_spans(isolated / "traces.jsonl")
+    (agent,) = [s for s in by_name(spans, "ralph.step") if s["attributes"]["ralph.step.kind"] == "agent"]
+    assert agent["attributes"]["input.value"] == prompt[:CONTENT_LIMIT] + TRUNCATED
+    assert agent["attributes"]["input.mime_type"] == "text/plain"
+    others = [s for s in spans if s is not agent]
+    assert others and all("secret-prompt" not in json.dumps(s) for s in others)
+
+
+def test_the_capture_variable_wins_over_the_loop_file(tmp_path: Path, isolated: Path) -> None:
+    loop = _capture_loop(tmp_path, "secret-prompt-1", "telemetry: {capture_content: true}")
+    result = ralph("run", str(loop), env={"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"})
+    assert result.returncode == 0, result.stderr
+    assert len(file_spans(isolated / "traces.jsonl")) == 4
+    assert "secret-prompt-1" not in (isolated / "traces.jsonl").read_text()
 
 
 def test_inbound_traceparent_makes_the_run_its_child(tmp_path: Path, isolated: Path) -> None:
@@ -491,6 +539,24 @@ def test_a_traces_only_endpoint_sends_no_metrics_or_logs(tmp_path: Path, receive
     assert receiver.bodies["metrics"] == [] and receiver.bodies["logs"] == []
 
 
+def test_a_backend_refusing_metrics_and_logs_costs_one_quiet_line(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.refuse = {"metrics", "logs"}  # what Phoenix answers (HTTP 405)
+    loop = write_loop(tmp_path, """
+        name: phoenix-like
+        agent: {command: "echo working"}
+        until: {max_iterations: 2}
+    """)
+    result = ralph("run", str(loop), env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert result.returncode == 0, result.stderr
+    assert not warnings_in(result.stderr), result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("ralph: telemetry:")]
+    (note,) = notes
+    assert re.fullmatch(rf"ralph: telemetry: {re.escape(receiver.url)} takes traces only \(405 to OTLP "
+                        r"(metrics|logs)\); metrics and logs it refuses are not sent again in this run", note), note
+    assert receiver.bodies["metrics"] and receiver.bodies["logs"]  # both were tried: one line for both
+    assert len(receiver.spans()) == 1 + 2 * 2
+
+
 def test_console_exporter_writes_to_stderr_only(tmp_path: Path) -> None:
     loop = write_loop(
         tmp_path,
@@ -642,7 +708,7 @@ def test_metrics_record_cost_and_tokens_by_loop_and_outcome() -> None:
                 "ralph.outcome": "ok",
                 "ralph.cost_usd": 0.25,
                 "session.id": "ses_x",
-                "gen_ai.usage.input_tokens": 10,
+                "ralph.usage.input_tokens": 10,
             },
             1.5,
         )

@@ -57,25 +57,84 @@ class AgentReport:
             self.cost_usd = (self.cost_usd or 0.0) + float(cost)
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call the agent made, as its events told it: a child span of the agent step
+    (``execute_tool NAME``). Times are epoch seconds: the agent's own when it reports them, else
+    when ralph read the events. ``input`` / ``output`` are text (JSON for structured input) and
+    reach the span only with content capture on."""
+
+    call_id: str
+    name: str
+    start: float
+    end: float
+    ok: bool = True
+    input: str | None = field(default=None, repr=False)
+    output: str | None = field(default=None, repr=False)
+    error: str | None = field(default=None, repr=False)  # the tool's error text (content as well)
+
+
+def as_text(value: Any) -> str | None:
+    """A tool's input or output as span text: strings as they are, anything else as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 class StreamParser:
     """Reads an agent's output one line at a time as it streams.
 
     ``feed`` returns (what the console shows, text that counts for ``output_contains``); either may
     be None. The raw line always goes to the step log untouched.
+
+    Tool calls (see DEVELOPERS.md): a parser that sees one whole (times included) calls
+    ``tool_call(ToolCall(...))``; one that sees a start and later a result calls ``tool_started`` and
+    ``tool_finished`` with the call's ID. Calls still open when the agent ends become failed spans.
+    ``model`` is the model the agent said it used (``gen_ai.response.model``).
     """
 
     def __init__(self) -> None:
         self.report = AgentReport()
+        self.tool_calls: list[ToolCall] = []
+        self.model: str | None = None
+        self._open: dict[str, tuple[str, float, str | None]] = {}
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         text = line.decode("utf-8", "replace")
         return text, text
+
+    def tool_call(self, call: ToolCall) -> None:
+        self._open.pop(call.call_id, None)
+        self.tool_calls.append(call)
+
+    def tool_started(self, call_id: str, name: str, input: Any = None, at: float | None = None) -> None:
+        self._open[call_id] = (name, time.time() if at is None else at, as_text(input))
+
+    def tool_finished(self, call_id: str, ok: bool, output: Any = None, error: str | None = None,
+                      at: float | None = None) -> None:
+        """The result of a started call; one never started (a resumed session's) spans no time."""
+        end = time.time() if at is None else at
+        name, start, given = self._open.pop(call_id, ("tool", end, None))
+        self.tool_calls.append(ToolCall(call_id, name, start, end, ok, given, as_text(output), error))
+
+    def finish(self, at: float | None = None) -> list[ToolCall]:
+        """Every tool call of the attempt, the unfinished ones (the agent ended mid-call) as failed."""
+        end = time.time() if at is None else at
+        for call_id, (name, start, given) in list(self._open.items()):
+            self.tool_calls.append(ToolCall(call_id, name, start, end, False, given, None, "no result"))
+        self._open.clear()
+        return self.tool_calls
 
 
 class Preset:
     name = "base"
     default_binary: str | None = None
     structured = False  # True: output is JSON events, parsed line by line
+    provider: str | None = None  # gen_ai.provider.name when the preset always talks to one provider
+
+    def model_info(self, model: str | None) -> tuple[str | None, str | None]:
+        """(``gen_ai.provider.name``, ``gen_ai.request.model``) for the configured ``agent.model``."""
+        return self.provider, model
 
     def binary(self, spec: LoopSpec, env: Mapping[str, str] | None = None) -> str | None:
         """The executable, checked before the first iteration: a missing one is a usage error."""

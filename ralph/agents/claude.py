@@ -101,6 +101,7 @@ class ClaudeParser(StreamParser):
         if event.get("subtype") == "init":
             sid = str(event.get("session_id") or self.claude_id)
             self.report.agent_session_id = sid
+            self.model = str(event["model"]) if event.get("model") else self.model
             self._started.add(sid)  # a retry must --resume it now
             model = f" · model {event['model']}" if event.get("model") else ""
             return f"{self.label} session {sid}{model}"
@@ -116,6 +117,7 @@ class ClaudeParser(StreamParser):
                 shown.append(str(block["text"]))
             elif block.get("type") == "tool_use":
                 shown.append(_tool_line(block))
+                self.tool_started(str(block.get("id") or ""), str(block.get("name") or "tool"), block.get("input"))
         text = "\n".join(said)
         return ("\n".join(shown) or None), (text or None)
 
@@ -127,6 +129,9 @@ class ClaudeParser(StreamParser):
             content = block.get("content")
             if isinstance(content, list):
                 content = "\n".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+            failed = bool(block.get("is_error"))
+            self.tool_finished(str(block.get("tool_use_id") or ""), not failed, content,
+                               first_line(str(content or "")) if failed else None)
             mark = "✗" if block.get("is_error") else "←"
             shown.append(f"  {mark} {first_line(str(content or ''), 160) or '(no output)'}")
         return "\n".join(shown) or None
@@ -183,6 +188,7 @@ class ClaudePreset(Preset):
     name = "claude"
     default_binary = "claude"
     structured = True
+    provider = "anthropic"
 
     def __init__(self) -> None:
         self._started = _Recent()  # Claude session UUIDs an attempt was seen to start

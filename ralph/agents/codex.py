@@ -78,6 +78,9 @@ class CodexParser(StreamParser):
 
     def _item(self, kind: str, item: dict[str, Any]) -> tuple[str | None, str | None]:
         what = item.get("type")
+        tool = _tool_name(item)
+        if tool is not None:
+            self._tool(kind, tool, item)
         if kind == "item.started":
             if what == "command_execution":
                 return f"→ $ {first_line(str(item.get('command') or ''))}", None
@@ -107,6 +110,20 @@ class CodexParser(StreamParser):
             return f"codex: warning: {first_line(str(item.get('message') or ''))}", None
         return None, None
 
+    def _tool(self, kind: str, tool: str, item: dict[str, Any]) -> None:
+        """Command, file change, MCP call and web search items: started, then completed (times of reading)."""
+        call_id = str(item.get("id") or "")
+        given = item.get("command") or item.get("changes") or item.get("arguments") or item.get("query")
+        if kind == "item.started":
+            self.tool_started(call_id, tool, given)
+            return
+        ok = item.get("status") not in ("failed", "declined") and item.get("exit_code") in (0, None)
+        output = item.get("aggregated_output") if "aggregated_output" in item else item.get("result")
+        error = None if ok else str(_obj(item.get("error")).get("message") or f"exit {item.get('exit_code')}")
+        if call_id not in self._open:  # a file change comes completed only
+            self.tool_started(call_id, tool, given)
+        self.tool_finished(call_id, ok, output, error)
+
     def _usage(self, usage: dict[str, Any]) -> str:
         # input_tokens includes the cached ones; output_tokens the reasoning ones (OpenAI's counts).
         tokens_in, tokens_out = usage.get("input_tokens"), usage.get("output_tokens")
@@ -116,6 +133,14 @@ class CodexParser(StreamParser):
             self.report.add_tokens(int(tokens_in) if _number(tokens_in) else None,
                                    int(tokens_out) if _number(tokens_out) else None)
         return f"codex: turn done · {tokens_in} in / {tokens_out} out tokens"
+
+
+def _tool_name(item: dict[str, Any]) -> str | None:
+    """The tool behind an item, named as codex names its tools to the model."""
+    what = item.get("type")
+    if what == "mcp_tool_call":
+        return f"{item.get('server')}.{item.get('tool')}"
+    return {"command_execution": "shell", "file_change": "apply_patch", "web_search": "web_search"}.get(str(what))
 
 
 def _at_least(report: AgentReport, tokens_in: Any, tokens_out: Any) -> None:
@@ -137,6 +162,7 @@ class CodexPreset(Preset):
     name = "codex"
     default_binary = "codex"
     structured = True
+    provider = "openai"
 
     def __init__(self) -> None:
         self._threads = _Threads()

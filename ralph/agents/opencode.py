@@ -18,7 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ralph.agents.base import AgentContext, Invocation, Preset, StreamParser, end_processes_with_env
+from ralph.agents.base import (
+    AgentContext,
+    Invocation,
+    Preset,
+    StreamParser,
+    ToolCall,
+    as_text,
+    end_processes_with_env,
+)
 from ralph.process import Request, private_dirs, run
 
 FORMAT_VERSION = "1.18.33"  # the opencode version the import file's shape was verified with
@@ -77,6 +85,7 @@ class OpencodeParser(StreamParser):
             text = str(part.get("text") or "")
             return (f"(thinking) {text}" if text else None), None
         if kind == "tool_use":
+            self._tool(event, part)
             return _tool_line(part), None
         if kind == "step_finish":
             tokens = _obj(part.get("tokens"))
@@ -95,6 +104,25 @@ class OpencodeParser(StreamParser):
             message = f"{error.get('name') or 'Error'}: {data.get('message') or ''}".rstrip(": ")
             return f"error: {message}", message  # counts for retry.on_output ("rate limit")
         return None, None
+
+
+    def _tool(self, event: dict[str, Any], part: dict[str, Any]) -> None:
+        """A finished tool part (``completed`` or ``error``), with opencode's own start/end times (ms)."""
+        state = _obj(part.get("state"))
+        times = _obj(state.get("time"))
+        at = event.get("timestamp")
+        end = _seconds(times.get("end")) or _seconds(at) or time.time()
+        start = _seconds(times.get("start")) or end
+        code = _obj(state.get("metadata")).get("exit")  # bash: the command's exit code
+        failed = state.get("status") == "error" or part.get("tool") == "invalid" or code not in (0, None)
+        error = str(state.get("error") or (f"exit {code}" if code not in (0, None) else "failed"))
+        self.tool_call(ToolCall(str(part.get("callID") or part.get("id") or ""), str(part.get("tool") or "tool"),
+                                start, end, not failed, as_text(state.get("input")), as_text(state.get("output")),
+                                error if failed else None))
+
+
+def _seconds(ms: Any) -> float | None:
+    return ms / 1000 if isinstance(ms, int | float) and not isinstance(ms, bool) and ms > 0 else None
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -130,10 +158,22 @@ def _tool_line(part: dict[str, Any]) -> str:
     return f"{line} (exit {code})" if isinstance(code, int) and code != 0 else line
 
 
+# opencode's provider IDs that the GenAI conventions name otherwise (the rest are taken as they are).
+PROVIDERS = {"google": "gcp.gemini", "google-vertex": "gcp.vertex_ai", "amazon-bedrock": "aws.bedrock",
+             "azure": "azure.ai.openai", "mistral": "mistral_ai", "xai": "x_ai"}
+
+
 class OpencodePreset(Preset):
     name = "opencode"
     default_binary = "opencode"
     structured = True
+
+    def model_info(self, model: str | None) -> tuple[str | None, str | None]:
+        """opencode's models are ``provider/model``."""
+        if not model or "/" not in model:
+            return None, model
+        provider, name = model.split("/", 1)
+        return PROVIDERS.get(provider, provider), name
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # batch items run in threads and share the preset

@@ -90,8 +90,9 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     turns = [probe(claude_bin), text("One test fixed, more to go."),
              probe(claude_bin), text(f"All tests pass. {PROMISE}")]
+    capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # content in the spans, on request
     with ScriptedAnthropic(turns) as api:
-        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url), **capture})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
 
@@ -117,7 +118,30 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
         iteration_span = next(s for s in detail["spans"] if s["name"] == "ralph.iteration")
         assert iteration_span["attributes"]["ralph.agent.session_id"] == claude_id
         assert iteration_span["attributes"]["ralph.cost_usd"] == pytest.approx(row["cost_usd"])
-        assert iteration_span["attributes"]["gen_ai.usage.input_tokens"] == 200
+        assert iteration_span["attributes"]["ralph.usage.input_tokens"] == 200
+        agent_span = next(s for s in detail["spans"] if s["name"] == "ralph.step")
+        a = agent_span["attributes"]
+        assert (a["openinference.span.kind"], a["gen_ai.operation.name"], a["gen_ai.provider.name"]) == (
+            "AGENT", "invoke_agent", "anthropic")
+        assert (a["gen_ai.request.model"], a["gen_ai.response.model"], a["llm.model_name"]) == (MODEL, MODEL, MODEL)
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"], a["llm.token_count.total"]) == (
+            200, 40, 240)
+        assert a["input.value"] == f"Iteration {number} of claude-test: fix the next failing test"
+        assert a["output.value"] == ["One test fixed, more to go.", f"All tests pass. {PROMISE}"][number - 1]
+        (llm,) = [s for s in detail["spans"] if s["name"] == f"chat {MODEL}"]
+        assert llm["parent_id"] == agent_span["span_id"] and llm["attributes"]["llm.token_count.total"] == 240
+        assert "input.value" not in llm["attributes"]  # the prompt is the agent's, once
+        (tool,) = [s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"] and s is not llm]
+        (use,) = [b for e in stream if e["type"] == "assistant" for b in e["message"]["content"]
+                  if b["type"] == "tool_use"]
+        assert tool["name"] == "execute_tool Bash" and tool["status"] == "unset"
+        t = tool["attributes"]
+        assert (t["openinference.span.kind"], t["gen_ai.tool.name"], t["gen_ai.tool.call.id"]) == (
+            "TOOL", "Bash", use["id"])
+        assert json.loads(t["gen_ai.tool.call.arguments"]) == use["input"] and t["input.value"] == json.dumps(
+            use["input"]) and t["input.mime_type"] == "application/json"
+        assert "RALPH_SESSION_ID" in t["gen_ai.tool.call.result"] and t["output.value"] == t["gen_ai.tool.call.result"]
+        assert agent_span["start"] <= tool["start"] <= tool["end"] <= agent_span["end"]
 
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
@@ -188,3 +212,27 @@ def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> No
     assert result.returncode == 2, result.stdout + result.stderr
     assert "'./tools/claude' is not an executable file" in result.stderr and "agent.bin" in result.stderr
     assert not (isolated / "ralph.db").exists()
+
+
+def test_the_parser_pairs_tool_use_with_tool_result_and_fails_an_unanswered_call() -> None:
+    from ralph.agents.claude import ClaudeParser, _Recent
+
+    parser = ClaudeParser("uuid", False, _Recent())
+    lines = [
+        {"type": "system", "subtype": "init", "session_id": "uuid", "model": MODEL},
+        {"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "pytest"}}]}},
+        {"type": "user", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+             "content": [{"type": "text", "text": "1 failed\nmore"}]}]}},
+        {"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": "toolu_2", "name": "Edit", "input": {"file_path": "a.py"}}]}},
+    ]
+    for line in lines:
+        parser.feed(json.dumps(line).encode())
+    assert parser.model == MODEL
+    first, second = parser.finish()
+    assert (first.call_id, first.name, first.ok, first.error, first.output) == (
+        "toolu_1", "Bash", False, "1 failed …", "1 failed\nmore")
+    assert json.loads(first.input or "") == {"command": "pytest"} and first.start <= first.end
+    assert (second.call_id, second.name, second.ok, second.error) == ("toolu_2", "Edit", False, "no result")

@@ -82,14 +82,14 @@ def events(log_path: str) -> list[dict]:
 def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")  # agent.bin, not PATH
     turns = [probe(codex_bin), text("One test fixed, more to go."),
-             probe(codex_bin), text(f"All tests pass. {PROMISE}")]
+             probe(codex_bin), exec_command("echo failing-command; exit 3"), text(f"All tests pass. {PROMISE}")]
     with ScriptedResponses(turns) as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url, "another-model"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
 
     # The prompt reached the model (on stdin, via "-"), with --model over the config's default.
-    assert len(api.scripted_requests) == 4
+    assert len(api.scripted_requests) == 5
     assert {r["model"] for r in api.scripted_requests} == {MODEL}
     assert "Iteration 1 of codex-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["input"])
 
@@ -104,11 +104,29 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
         thread = stream[0]["thread_id"]
         threads.add(thread)
         assert row["agent_session_id"] == thread
-        assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
+        requests = 1 + number  # 100 in / 20 out each
+        assert (row["tokens_in"], row["tokens_out"]) == (100 * requests, 20 * requests)
         assert row["cost_usd"] is None  # codex does not say
         iteration_span = next(s for s in detail["spans"] if s["name"] == "ralph.iteration")
         assert iteration_span["attributes"]["ralph.agent.session_id"] == thread
-        assert iteration_span["attributes"]["gen_ai.usage.output_tokens"] == 40
+        assert iteration_span["attributes"]["ralph.usage.output_tokens"] == 20 * requests
+        agent_span = next(s for s in detail["spans"] if s["name"] == "ralph.step")
+        a = agent_span["attributes"]
+        assert (a["openinference.span.kind"], a["gen_ai.provider.name"], a["gen_ai.request.model"]) == (
+            "AGENT", "openai", MODEL)
+        assert a["gen_ai.usage.output_tokens"] == a["llm.token_count.completion"] == 20 * requests
+        assert "input.value" not in a and "output.value" not in a  # no content unless asked
+        (llm,) = [s for s in detail["spans"] if s["name"] == f"chat {MODEL}"]
+        assert llm["attributes"]["openinference.span.kind"] == "LLM" and llm["parent_id"] == agent_span["span_id"]
+        tools = sorted((s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"] and s is not llm),
+                       key=lambda s: s["start"])
+        commands = [i for e in stream if e["type"] == "item.completed" for i in [e["item"]]
+                    if i["type"] == "command_execution"]
+        assert [t["name"] for t in tools] == ["execute_tool shell"] * number
+        assert [t["attributes"]["gen_ai.tool.call.id"] for t in tools] == [c["id"] for c in commands]
+        assert [t["status"] for t in tools] == ["unset", "error"][:number]  # `exit 3` failed
+        assert all(t["attributes"]["openinference.span.kind"] == "TOOL" for t in tools)
+        assert all(agent_span["start"] <= t["start"] <= t["end"] <= agent_span["end"] for t in tools)
 
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
@@ -125,6 +143,8 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
     # The console shows a readable rendering, not raw JSON.
     assert f"→ $ /bin/bash -lc '{PY} {PROBE}" in result.stdout and "One test fixed, more to go." in result.stdout
     assert '{"type"' not in result.stdout
+    for words in ("failing-command", "fix the next failing test"):  # neither commands nor prompts by default
+        assert all(words not in json.dumps(s) for r in rows for s in show(r["id"])["spans"])
 
 
 def test_a_retry_resumes_the_same_codex_thread(codex_bin: Path, tmp_path: Path) -> None:

@@ -160,14 +160,46 @@ def test_each_iteration_runs_in_an_opencode_session_that_is_ralphs(
     assert "[2 agent] Fixed another\n[2 agent] test." in result.stdout
     assert '"type"' not in result.stdout
 
-    # tokens and cost on the iteration spans
-    iterations = {s["attrs"]["session.id"]: s["attrs"] for s in spans(isolated) if s["name"] == "ralph.iteration"}
+    # tokens and cost on the iteration spans; GenAI / OpenInference on the agent spans; a span per tool call
+    all_spans = spans(isolated)
+    iterations = {s["attrs"]["session.id"]: s["attrs"] for s in all_spans if s["name"] == "ralph.iteration"}
     for row in rows:
         attrs = iterations[row["id"]]
         assert attrs["ralph.agent.session_id"] == row["id"]
-        assert int(attrs["gen_ai.usage.input_tokens"]) == 200
-        assert int(attrs["gen_ai.usage.output_tokens"]) == 40
+        assert int(attrs["ralph.usage.input_tokens"]) == 200
+        assert int(attrs["ralph.usage.output_tokens"]) == 40
         assert attrs["ralph.cost_usd"] == pytest.approx(2 * STEP_COST)
+        assert attrs["openinference.span.kind"] == "CHAIN" and attrs["gen_ai.conversation.id"] == row["id"]
+        agent_span = next(s for s in all_spans if s["name"] == "ralph.step" and s["attrs"]["session.id"] == row["id"])
+        a = agent_span["attrs"]
+        assert (a["openinference.span.kind"], a["gen_ai.operation.name"], a["gen_ai.agent.name"]) == (
+            "AGENT", "invoke_agent", "oc-bound")
+        assert (a["gen_ai.provider.name"], a["gen_ai.request.model"], a["llm.model_name"]) == (
+            "scripted", "scripted-model", "scripted-model")
+        assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
+        assert [int(a[f"llm.token_count.{k}"]) for k in ("prompt", "completion", "total")] == [200, 40, 240]
+        assert a["gen_ai.conversation.id"] == row["id"] and a["ralph.agent.session_id"] == row["id"]
+        (llm,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"] and s["name"].startswith("chat")]
+        assert llm["name"] == "chat scripted-model" and llm["attrs"]["openinference.span.kind"] == "LLM"
+        assert (int(llm["attrs"]["llm.token_count.prompt"]), int(llm["attrs"]["gen_ai.usage.output_tokens"])) == (
+            200, 40)
+        (tool,) = [s for s in all_spans if s.get("parentSpanId") == agent_span["spanId"] and s is not llm]
+        events = parse_events((isolated / "logs" / row["run_id"] / row["id"] / "agent.log").read_text())
+        part = next(e["part"] for e in events if e["type"] == "tool_use")
+        assert tool["name"] == "execute_tool bash"
+        assert tool["attrs"] == {
+            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
+            "tool.name": "bash", "gen_ai.tool.call.id": part["callID"], "session.id": row["id"],
+            "gen_ai.conversation.id": row["id"]}  # no content: that is asked for
+        assert int(tool["startTimeUnixNano"]) == part["state"]["time"]["start"] * 1_000_000  # opencode's own times
+        assert int(tool["endTimeUnixNano"]) == part["state"]["time"]["end"] * 1_000_000
+        assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert "env | grep" not in (isolated / "traces.jsonl").read_text()
+    assert "Fix the next failing test" not in (isolated / "traces.jsonl").read_text()
+
+    # `ralph show` draws the tool spans in the span tree
+    tree = ralph("show", rows[0]["run_id"]).stdout
+    assert tree.count("execute_tool bash") == 3, tree
 
     listed = json.loads(ralph("sessions", "--json").stdout)
     assert {(s["id"], s["agent_session_id"], s["cost_usd"]) for s in listed} == {
@@ -381,8 +413,9 @@ EVENTS = [
         "output": f"{PROMISE}\n", "metadata": {"exit": 3}, "title": "echo"}}},
     {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "read", "state": {
         "status": "error", "input": {"filePath": "/x"}, "error": "File not found: /x\nmore"}}},
-    {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "glob", "state": {
-        "status": "completed", "input": {"pattern": "*.py"}, "title": "src"}}},
+    {"type": "tool_use", "sessionID": "ses_theirs", "part": {"type": "tool", "tool": "glob", "callID": "call_3", "state": {
+        "status": "completed", "input": {"pattern": "*.py"}, "title": "src", "output": "src",
+        "time": {"start": 1795606716890, "end": 1795606717140}}}},
     {"type": "step_finish", "sessionID": "ses_theirs", "part": {"type": "step-finish", "reason": "tool-calls",
      "tokens": {"total": 170, "input": 100, "output": 20, "reasoning": 5, "cache": {"write": 15, "read": 30}},
      "cost": 0.0006}},
@@ -413,6 +446,12 @@ def test_the_parser_renders_events_and_counts_text_tokens_and_cost() -> None:
     assert report.agent_session_id == parser.binding.agent_id == "ses_theirs"
     assert (report.tokens_in, report.tokens_out) == (100 + 30 + 15 + 100, 20 + 5 + 20)
     assert report.cost_usd == pytest.approx(0.001)
+    # each tool part is one ToolCall: a bash exit != 0 and a tool error fail; opencode's own times kept
+    calls = parser.finish()
+    assert [(c.name, c.ok, c.error) for c in calls] == [
+        ("bash", False, "exit 3"), ("read", False, "File not found: /x\nmore"), ("glob", True, None)]
+    assert (calls[2].call_id, calls[2].start, calls[2].end) == ("call_3", 1795606716.890, 1795606717.140)
+    assert json.loads(calls[2].input or "") == {"pattern": "*.py"} and calls[2].output == "src"
 
 
 def test_the_parser_notices_session_not_found_and_shows_plain_lines() -> None:
