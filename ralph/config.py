@@ -52,7 +52,7 @@ RESERVED_ENV = frozenset(
     }
 )
 RESERVED_STEP_NAMES = frozenset({"agent", "check"})
-PRESETS = ("command", "opencode", "claude", "codex")
+PRESETS = ("command", "opencode", "claude", "codex", "copilot", "kilo", "pi")
 
 _DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
@@ -131,7 +131,7 @@ class Retry(Model):
 
 
 class Agent(Model):
-    preset: Literal["command", "opencode", "claude", "codex"] = "command"
+    preset: Literal["command", "opencode", "claude", "codex", "copilot", "kilo", "pi"] = "command"
     command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
     bin: str | None = Field(None, description="the preset's executable (default: found on PATH)")
     prompt: str | None = None
