@@ -21,3 +21,15 @@ def ensure_copilot() -> Path:
         PACKAGE, COPILOT_VERSION,
         lambda prefix: [prefix / "node_modules" / "@github" / name / "copilot" for name in names],
         name="copilot")
+
+
+def copilot_env(tmp_path: Path, base_url: str, model: str = "scripted-model") -> dict[str, str]:
+    """Env additions for a ``copilot`` isolated in ``tmp_path/copilot-home`` that talks to an
+    OpenAI-compatible chat-completions API at ``base_url`` and nothing else (``COPILOT_OFFLINE``:
+    no GitHub sign-in, telemetry or update checks). The API key must not be a short string:
+    Copilot masks it wherever it appears in its output."""
+    home = Path(tmp_path) / "copilot-home"
+    home.mkdir(parents=True, exist_ok=True)
+    return {"HOME": str(home), "COPILOT_HOME": str(home / ".copilot"), "COPILOT_OFFLINE": "true",
+            "COPILOT_PROVIDER_BASE_URL": base_url, "COPILOT_PROVIDER_API_KEY": "scripted-test-key-0123456789",
+            "COPILOT_MODEL": model, "COPILOT_AUTO_UPDATE": "false"}
