@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.support.npm import ensure_npm_binary
@@ -17,3 +18,21 @@ PACKAGE = "@mariozechner/pi-coding-agent"
 def ensure_pi() -> Path:
     return ensure_npm_binary(
         PACKAGE, PI_VERSION, lambda prefix: [prefix / "node_modules" / ".bin" / "pi"], name="pi")
+
+
+def pi_env(tmp_path: Path, base_url: str, provider: str = "scripted", model: str = "scripted-model",
+           cost: tuple[float, float] = (3.0, 15.0)) -> dict[str, str]:
+    """Env additions for a ``pi`` isolated in ``tmp_path/pi-home`` whose ``~/.pi/agent/models.json``
+    declares ``provider`` as an OpenAI-compatible chat-completions API at ``base_url`` with
+    ``model``, priced at ``cost`` USD per million (input, output) tokens. ``PI_OFFLINE``: no
+    start-up network calls (update checks)."""
+    home = Path(tmp_path) / "pi-home"
+    agent_dir = home / ".pi" / "agent"
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    models = {"providers": {provider: {
+        "baseUrl": base_url, "api": "openai-completions", "apiKey": "test-key",
+        "models": [{"id": model, "name": f"Scripted {model}", "reasoning": False, "input": ["text"],
+                    "contextWindow": 128000, "maxTokens": 4096,
+                    "cost": {"input": cost[0], "output": cost[1], "cacheRead": 0, "cacheWrite": 0}}]}}}
+    (agent_dir / "models.json").write_text(json.dumps(models, indent=2))
+    return {"HOME": str(home), "PI_OFFLINE": "1"}
