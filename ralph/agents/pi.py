@@ -6,9 +6,10 @@ iteration's first attempt the preset writes that header with our session ID (and
 the session's cwd) where pi keeps its sessions, ``<agent dir>/sessions/--<cwd>--/<time>_<ID>.jsonl``
 (``<agent dir>`` being ``$PI_CODING_AGENT_DIR`` or ``~/.pi/agent``); every attempt of the
 iteration passes that file, so a retry continues the session and ``pi --session <ID>`` finds it
-later. Text, tokens and cost come from the assistant messages' ``message_end`` events. pi 0.73.1
-exits 0 in JSON mode even when the model call failed: the error's text is shown and counts for
-``retry.on_output``, but the attempt is not a failure. See docs/agent-presets.md (pi 0.73.1).
+later. Text, tokens and cost come from the assistant messages' ``message_end`` events. pi retries
+failed model calls itself (``auto_retry_start``), and 0.73.1 exits 0 in JSON mode even when the
+call failed for good: the error's text is shown and matched like the model's, but the attempt is
+not a failure, so ralph does not retry it. See docs/agent-presets.md (pi 0.73.1).
 """
 
 from __future__ import annotations
