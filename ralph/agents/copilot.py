@@ -11,7 +11,7 @@ Copilot prints no token counts on stdout: they are in its session log,
 ``$COPILOT_HOME/session-state/<UUID>/events.jsonl`` (``~/.copilot`` by default), one
 ``session.usage_record`` per model call. After each attempt the records written since that
 attempt's ``session.start`` / ``session.resume`` are added up. Their ``cost`` is Copilot's
-premium-request multiplier, not US dollars, so no cost is recorded. See docs/agent-presets.md
+premium-request multiplier, not US dollars, so no cost is recorded. See docs/agent-presets-more.md
 (Copilot CLI 1.0.102).
 """
 

@@ -9,7 +9,7 @@ iteration passes that file, so a retry continues the session and ``pi --session 
 later. Text, tokens and cost come from the assistant messages' ``message_end`` events. pi retries
 failed model calls itself (``auto_retry_start``), and 0.73.1 exits 0 in JSON mode even when the
 call failed for good: the error's text is shown and matched like the model's, but the attempt is
-not a failure, so ralph does not retry it. See docs/agent-presets.md (pi 0.73.1).
+not a failure, so ralph does not retry it. See docs/agent-presets-more.md (pi 0.73.1).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from handshake import alive, db_rows
 
-from helpers import ralph, write_loop
+from helpers import PY, ralph, write_loop
+from tests.agents.test_opencode_preset import FAKE_OPENCODE
 from tests.support.kilo import ensure_kilo, kilo_env
 from tests.support.llm_server import ScriptedLLM, bash, error, text
 from tests.support.npm import NpmUnavailable
@@ -123,3 +124,29 @@ def test_a_missing_kilo_is_a_usage_error(tmp_path: Path, isolated: Path) -> None
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the kilo preset needs `kilo` on PATH (or set agent.bin)" in result.stderr
     assert not (isolated / "ralph.db").exists()
+
+
+def test_a_kilo_that_cannot_be_bound_runs_with_title_and_says_so_as_kilo(tmp_path: Path, isolated: Path) -> None:
+    """The opencode preset's fallback, under kilo's name: a stand-in whose `run --session` cannot
+    find the imported session (tests/agents/test_opencode_preset.py's fake; no LLM needed)."""
+    fake = tmp_path / "kilo"
+    fake.write_text(f"#!{PY}\n{FAKE_OPENCODE}")
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    loop = write_loop(tmp_path, """
+        name: kilo-fallback
+        title: "Retry #{iteration}"
+        agent: {preset: kilo, bin: ./kilo, prompt: hello, retry: {attempts: 2, backoff: 10ms}}
+        until: {max_iterations: 1}
+        """)
+    result = ralph("run", str(loop), env={"FAKE_CALLS": str(calls), "FAKE_MODE": "not-found"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    argvs = [json.loads(line) for line in calls.read_text().splitlines()]
+    (row,) = sessions(isolated)
+    assert [a[0] for a in argvs] == ["import", "export", "run", "run"]
+    assert argvs[0][1].endswith("/kilo-session.json")
+    assert f"--session={row['id']}" in argvs[2] and "--title=Retry #1" in argvs[3]
+    assert result.stderr.count("warning: kilo: cannot bind its session to ralph's "
+                               "(`kilo run --session` said: Session not found)") == 1, result.stderr
+    assert "recording kilo's own session ID" in result.stderr
+    assert row["agent_session_id"] == "ses_0000000000ffOpencodesOwn1"
