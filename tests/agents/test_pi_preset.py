@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import alive, db_rows
+from handshake import PY, alive, db_rows, wait_for_text
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
@@ -110,6 +112,33 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     assert "Fixed one test." in result.stdout and "→ bash: $ echo" in result.stdout
     assert '"type"' not in result.stdout and "-Fix the next" not in result.stdout
     assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.slow
+def test_an_interrupt_ends_pi_and_what_its_shell_tool_started(pi_bin: Path, tmp_path: Path,
+                                                                  isolated: Path) -> None:
+    (tmp_path / "work").mkdir()
+    pidfile = tmp_path / "tool.pid"
+    loop = write_loop(tmp_path, f"""
+        name: pi-interrupt
+        workdir: work
+        agent: {{preset: pi, bin: {pi_bin}, model: scripted/scripted-model, prompt: "Run the slow tests"}}
+        """)
+    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
+        env = {**os.environ, **pi_env(tmp_path, srv.base_url)}
+        out = tmp_path / "ralph.out"
+        with open(out, "w") as fh:
+            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not alive(tool)
+    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
 
 
 def test_a_missing_pi_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
