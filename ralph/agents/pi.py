@@ -41,7 +41,10 @@ def sessions_dir(env: Mapping[str, str], cwd: Path) -> Path | None:
     """Where pi keeps the sessions of ``cwd`` (its getDefaultSessionDir)."""
     agent_dir = env.get("PI_CODING_AGENT_DIR")
     if agent_dir:
-        agent_dir = os.path.join(env.get("HOME", "~"), agent_dir[2:]) if agent_dir.startswith("~/") else agent_dir
+        if agent_dir == "~" or agent_dir.startswith("~/"):  # pi's expandTildePath
+            if not env.get("HOME"):
+                return None
+            agent_dir = env["HOME"] + agent_dir[1:]
     elif env.get("HOME"):
         agent_dir = os.path.join(env["HOME"], ".pi", "agent")
     else:

@@ -21,7 +21,7 @@ from handshake import PY, alive, db_rows, wait_for_text
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
-from ralph.agents.pi import PiParser
+from ralph.agents.pi import PiParser, sessions_dir
 from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.npm import NpmUnavailable
 from tests.support.pi import ensure_pi, pi_env
@@ -175,3 +175,11 @@ def test_the_parser_counts_the_models_words_tokens_and_cost() -> None:
     report = parser.report
     assert (report.agent_session_id, report.tokens_in, report.tokens_out) == ("ses_ours", 260, 40)
     assert report.cost_usd == pytest.approx(0.0012)
+
+
+def test_the_session_file_goes_where_pi_lists_the_workdirs_sessions() -> None:
+    work = Path("/srv/app:1/src")
+    assert sessions_dir({"HOME": "/h"}, work) == Path("/h/.pi/agent/sessions/--srv-app-1-src--")
+    assert sessions_dir({"HOME": "/h", "PI_CODING_AGENT_DIR": "~/pi"}, work) == Path("/h/pi/sessions/--srv-app-1-src--")
+    assert sessions_dir({"PI_CODING_AGENT_DIR": "/opt/pi"}, work) == Path("/opt/pi/sessions/--srv-app-1-src--")
+    assert sessions_dir({}, work) is None
