@@ -30,6 +30,13 @@ def copilot_env(tmp_path: Path, base_url: str, model: str = "scripted-model") ->
     Copilot masks it wherever it appears in its output."""
     home = Path(tmp_path) / "copilot-home"
     home.mkdir(parents=True, exist_ok=True)
-    return {"HOME": str(home), "COPILOT_HOME": str(home / ".copilot"), "COPILOT_OFFLINE": "true",
+    return {**_xdg(home), "HOME": str(home), "COPILOT_HOME": str(home / ".copilot"), "COPILOT_OFFLINE": "true",
             "COPILOT_PROVIDER_BASE_URL": base_url, "COPILOT_PROVIDER_API_KEY": "scripted-test-key-0123456789",
             "COPILOT_MODEL": model, "COPILOT_AUTO_UPDATE": "false"}
+
+
+def _xdg(home: Path) -> dict[str, str]:
+    """XDG folders under ``home`` too: nothing of the developer's own may be read or written."""
+    return {name: str(home / folder) for name, folder in (
+        ("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"), ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_STATE_HOME", ".local/state"))}

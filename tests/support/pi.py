@@ -35,4 +35,11 @@ def pi_env(tmp_path: Path, base_url: str, provider: str = "scripted", model: str
                     "contextWindow": 128000, "maxTokens": 4096,
                     "cost": {"input": cost[0], "output": cost[1], "cacheRead": 0, "cacheWrite": 0}}]}}}
     (agent_dir / "models.json").write_text(json.dumps(models, indent=2))
-    return {"HOME": str(home), "PI_OFFLINE": "1"}
+    return {**_xdg(home), "HOME": str(home), "PI_OFFLINE": "1"}
+
+
+def _xdg(home: Path) -> dict[str, str]:
+    """XDG folders under ``home`` too: nothing of the developer's own may be read or written."""
+    return {name: str(home / folder) for name, folder in (
+        ("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache"), ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_STATE_HOME", ".local/state"))}
