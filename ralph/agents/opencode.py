@@ -167,6 +167,7 @@ class OpencodePreset(Preset):
     name = "opencode"
     default_binary = "opencode"
     structured = True
+    import_file = IMPORT_FILE  # in the session's log folder
 
     def model_info(self, model: str | None) -> tuple[str | None, str | None]:
         """opencode's models are ``provider/model``."""
@@ -193,7 +194,7 @@ class OpencodePreset(Preset):
             why = failed or self._bind(ctx)
             binding = _Binding(bound=why is None)
         elif binding.not_found and binding.bound:
-            why, binding.bound, binding.not_found = "`opencode run --session` said: Session not found", False, False
+            why, binding.bound, binding.not_found = f"`{self.name} run --session` said: Session not found", False, False
         else:
             if binding.not_found:  # opencode's own session could not be continued either: a new one
                 binding.agent_id, binding.not_found = None, False
@@ -206,14 +207,14 @@ class OpencodePreset(Preset):
             if run_id in self._warned:
                 return []
             self._warned.add(run_id)
-        return [f"opencode: cannot bind its session to ralph's ({why}); running with --title instead and "
-                "recording opencode's own session ID as the agent session ID"]
+        return [f"{self.name}: cannot bind its session to ralph's ({why}); running with --title instead and "
+                f"recording {self.name}'s own session ID as the agent session ID"]
 
     def invocation(self, ctx: AgentContext) -> Invocation:
         binding = self._binding(ctx)
         workdir = str(ctx.spec.workdir)
         # `--opt=value`: a title or model starting with "-" stays a value.
-        argv = [ctx.binary or "opencode", "run", "--format=json", f"--dir={workdir}"]
+        argv = [ctx.binary or self.name, "run", "--format=json", f"--dir={workdir}"]
         if binding.bound:
             argv.append(f"--session={ctx.session.id}")
         elif binding.agent_id:  # a retry continues the session opencode made for this iteration
@@ -252,7 +253,7 @@ class OpencodePreset(Preset):
                         "title": session.title, "version": FORMAT_VERSION,
                         "time": {"created": now, "updated": now}},
                "messages": []}
-        path = ctx.log_dir / IMPORT_FILE
+        path = ctx.log_dir / self.import_file
         try:
             private_dirs(ctx.log_dir)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -262,16 +263,16 @@ class OpencodePreset(Preset):
             return f"cannot write {path}: {exc.strerror}"
         code, output = self._helper(ctx, "import", str(path))
         if code != 0 or f"Imported session: {session.id}" not in output:
-            return f"`opencode import` failed (exit {code}): {_first_line(output) or 'no output'}"
+            return f"`{self.name} import` failed (exit {code}): {_first_line(output) or 'no output'}"
         if session.run_id in self._verified:
             return None
         # Once per run: does opencode find the session again, under our title?
         code, output = self._helper(ctx, "export", session.id)
         if code != 0:
-            return f"`opencode export` cannot find the imported session (exit {code}): {_first_line(output)}"
+            return f"`{self.name} export` cannot find the imported session (exit {code}): {_first_line(output)}"
         info = _exported_info(output)
         if info is not None and (info.get("id"), info.get("title")) != (session.id, session.title):
-            return f"opencode exported the session as {info.get('id')!r} titled {info.get('title')!r}"
+            return f"{self.name} exported the session as {info.get('id')!r} titled {info.get('title')!r}"
         with self._lock:
             self._verified.add(session.run_id)
         return None
@@ -280,7 +281,7 @@ class OpencodePreset(Preset):
         """A short opencode command with the attempt's env, in the workdir (PWD too)."""
         chunks: list[bytes] = []
         workdir = ctx.spec.workdir
-        outcome = run(Request((ctx.binary or "opencode", *args), workdir, {**ctx.env, "PWD": str(workdir)},
+        outcome = run(Request((ctx.binary or self.name, *args), workdir, {**ctx.env, "PWD": str(workdir)},
                               timeout=HELPER_TIMEOUT), chunks.append)
         output = _ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")).strip()
         if outcome.status == "timeout":

@@ -51,7 +51,8 @@ def binary_version(binary: Path) -> str | None:
                                text=True, timeout=60, env={**os.environ, "HOME": home})
         except (OSError, subprocess.TimeoutExpired):
             return None
-    return p.stdout.strip() if p.returncode == 0 else None
+    # Most print it on stdout; pi prints it on stderr.
+    return (p.stdout.strip() or p.stderr.strip()) if p.returncode == 0 else None
 
 
 def _accepted(candidates: Iterable[Path], version: str) -> Path | None:

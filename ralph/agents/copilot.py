@@ -1,0 +1,183 @@
+"""The ``copilot`` preset: GitHub Copilot CLI in prompt mode, JSON lines, its session bound to ours.
+
+``copilot --output-format json --allow-all-tools --no-auto-update --session-id UUID [--model=M]
+[args]``, the prompt on stdin (as ``-p PROMPT`` a prompt starting with "-" would be an option, and
+argv has a size limit). ``--session-id`` takes the caller's UUID for a new session and resumes an
+existing one, so ours maps to one by ``uuid5`` (as the claude preset's does): every attempt of an
+iteration passes the same UUID, a retry continues the session, and ``copilot --resume UUID`` opens
+it later. The ``result`` event's ``sessionId`` is recorded as the agent's session ID.
+
+Copilot prints no token counts on stdout: they are in its session log,
+``$COPILOT_HOME/session-state/<UUID>/events.jsonl`` (``~/.copilot`` by default), one
+``session.usage_record`` per model call. After each attempt the records written since that
+attempt's ``session.start`` / ``session.resume`` are added up. Their ``cost`` is Copilot's
+premium-request multiplier, not US dollars, so no cost is recorded. See docs/agent-presets-more.md
+(Copilot CLI 1.0.102).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeGuard
+
+from ralph.agents.base import (
+    AgentContext,
+    Invocation,
+    Preset,
+    StreamParser,
+    end_processes_with_env,
+    first_line,
+    json_event,
+)
+
+# Fixed forever: changing it would change every derived UUID.
+NAMESPACE = uuid.UUID("0c0f7a3e-5b2d-4c61-8e1f-636f70696c74")
+# What marks a process as started by one agent attempt: the attempt's own env.
+_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
+_TOOL_KEYS = ("command", "path", "file_path", "pattern", "url", "query", "description", "prompt")
+# Where a process's own part of the session log begins.
+_PROCESS_START = ("session.start", "session.resume")
+
+
+def copilot_session_id(session_id: str) -> str:
+    """The Copilot session UUID of a ralph session ID."""
+    return str(uuid.uuid5(NAMESPACE, session_id))
+
+
+def session_log(env: Mapping[str, str], copilot_id: str) -> Path | None:
+    """``$COPILOT_HOME/session-state/<UUID>/events.jsonl``, ``$COPILOT_HOME`` defaulting to ``~/.copilot``."""
+    home = env.get("COPILOT_HOME") or (os.path.join(env["HOME"], ".copilot") if env.get("HOME") else None)
+    return Path(home) / "session-state" / copilot_id / "events.jsonl" if home else None
+
+
+def last_run_usage(path: Path) -> tuple[int | None, int | None]:
+    """Tokens (in, out) of the ``session.usage_record`` events since the log's last process start."""
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                event = json_event(line)
+                if event is None:
+                    continue
+                if event.get("type") in _PROCESS_START:
+                    tokens_in = tokens_out = None
+                elif event.get("type") == "session.usage_record":
+                    usage = _obj(_obj(event.get("data")).get("usage"))
+                    # inputTokens counts the cached ones too (the provider's prompt tokens)
+                    if _number(usage.get("inputTokens")):
+                        tokens_in = (tokens_in or 0) + int(usage["inputTokens"])
+                    if _number(usage.get("outputTokens")):
+                        tokens_out = (tokens_out or 0) + int(usage["outputTokens"])
+    except OSError:
+        return None, None
+    return tokens_in, tokens_out
+
+
+class CopilotParser(StreamParser):
+    """``copilot --output-format json`` events, one per line (stderr is merged in: plain lines)."""
+
+    def __init__(self, copilot_id: str) -> None:
+        super().__init__()
+        self.copilot_id = copilot_id
+        self.started = False  # copilot printed an event: this attempt wrote to the session log
+
+    def feed(self, line: bytes) -> tuple[str | None, str | None]:
+        event = json_event(line)
+        if event is None:
+            text = line.decode("utf-8", "replace").rstrip()
+            return (text or None), None  # not the model's words: it does not count for output_contains
+        self.started = True
+        kind = event.get("type")
+        data = _obj(event.get("data"))
+        if kind == "assistant.message":  # the whole message; its deltas come before it
+            return self._message(data)
+        if kind == "tool.execution_complete":
+            return self._tool_result(data), None
+        if kind == "session.error":
+            message = str(data.get("message") or data.get("errorType") or "error")
+            return f"copilot: error: {first_line(message)}", message  # counts for retry.on_output
+        if kind == "session.warning" and data.get("message"):
+            return f"copilot: warning: {first_line(str(data['message']))}", None
+        if kind == "result":
+            sid = event.get("sessionId")
+            self.report.agent_session_id = sid if isinstance(sid, str) and sid else self.copilot_id
+            return f"copilot: done · exit {event.get('exitCode')} · session {self.report.agent_session_id}", None
+        return None, None  # user.message echoes the prompt: never the model's text
+
+    def _message(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
+        text = str(data.get("content") or "")
+        shown = [text] if text else []
+        shown += [_tool_line(_obj(r)) for r in data.get("toolRequests") or []]
+        return ("\n".join(shown) or None), (text or None)
+
+    def _tool_result(self, data: dict[str, Any]) -> str:
+        result = _obj(data.get("result"))
+        content = str(result.get("content") or _obj(data.get("error")).get("message") or "")
+        mark = "←" if data.get("success") else "✗"
+        return f"  {mark} {first_line(content, 160) or '(no output)'}"
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _tool_line(request: dict[str, Any]) -> str:
+    given = _obj(request.get("arguments"))
+    name = str(request.get("name") or "tool")
+    for key in _TOOL_KEYS:
+        if isinstance(given.get(key), str) and given[key]:
+            what = ("$ " if key == "command" else "") + first_line(given[key])
+            break
+    else:
+        what = first_line(json.dumps(given, ensure_ascii=False))
+    return f"→ {name}: {what}"
+
+
+class CopilotPreset(Preset):
+    name = "copilot"
+    default_binary = "copilot"
+    structured = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # batch items run in threads and share the preset
+        self._parsers: dict[tuple[str, int], CopilotParser] = {}  # this attempt's, until its cleanup
+
+    def invocation(self, ctx: AgentContext) -> Invocation:
+        agent = ctx.spec.config.agent
+        # `--opt=value`: a model starting with "-" stays a value.
+        argv = [ctx.binary or "copilot", "--output-format=json", "--allow-all-tools", "--no-auto-update",
+                f"--session-id={copilot_session_id(ctx.session.id)}"]
+        if agent.model:
+            argv.append(f"--model={agent.model}")
+        argv += agent.args
+        return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
+
+    def parser(self, ctx: AgentContext) -> StreamParser:
+        parser = CopilotParser(copilot_session_id(ctx.session.id))
+        with self._lock:
+            self._parsers[(ctx.session.id, ctx.attempt)] = parser
+        return parser
+
+    def cleanup(self, ctx: AgentContext) -> list[str]:
+        """The attempt's tokens from Copilot's session log (complete now that copilot has exited);
+        then anything a tool left running, still carrying this attempt's env, goes."""
+        with self._lock:
+            parser = self._parsers.pop((ctx.session.id, ctx.attempt), None)
+        path = session_log(ctx.env, copilot_session_id(ctx.session.id))
+        if parser is not None and parser.started and path is not None:
+            parser.report.add_tokens(*last_run_usage(path))
+        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
+        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+
+
+PRESET = CopilotPreset()

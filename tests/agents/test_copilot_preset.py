@@ -1,0 +1,180 @@
+"""The ``copilot`` preset with the real GitHub Copilot CLI (npm ``@github/copilot``, pinned in
+tests/support/copilot.py) in offline mode against the scripted OpenAI-compatible server
+(tests/support/llm_server.py), driven by a real ``ralph run``.
+
+Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
+failing to install it fails these tests; without CI they are skipped only when npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from handshake import PY, alive, db_rows, wait_for_text
+
+from helpers import ralph, write_loop
+from ralph.agents.base import AgentReport
+from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
+from tests.support.copilot import copilot_env, ensure_copilot
+from tests.support.llm_server import ScriptedLLM, bash, error, text
+from tests.support.npm import NpmUnavailable
+
+MODEL = "scripted-model"
+PROMISE = "<promise>COMPLETE</promise>"
+
+
+@pytest.fixture(scope="session")
+def copilot_bin() -> Path:
+    try:
+        return ensure_copilot()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"copilot not available: {e}")
+        pytest.fail(f"could not install copilot: {e}")
+
+
+def sessions(state: Path) -> list[dict[str, Any]]:
+    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
+
+
+@pytest.mark.slow
+def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: Path, tmp_path: Path,
+                                                                  isolated: Path) -> None:
+    (tmp_path / "work").mkdir()
+    seen, pidfile = tmp_path / "seen.txt", tmp_path / "sleeper.pid"
+    # Iteration 1's first attempt meets an API error: the retry continues the same Copilot session.
+    # Its tool records the session env it saw, quotes the promise (only the model's text counts) and
+    # leaves a process running (the preset must end it).
+    turns = [
+        error(400, "scripted bad request"),
+        bash(f'echo "$OPENCODE_SESSION_ID $RALPH_ATTEMPT" >> {seen}; echo "I will say {PROMISE}"; '
+             f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 &)", "Record the session"),
+        text("Fixed one test."),
+        text(f"All tests pass. {PROMISE}"),
+    ]
+    loop = write_loop(tmp_path, f"""
+        name: copilot-bound
+        title: "Copilot fix #{{iteration}}"
+        workdir: work
+        agent:
+          preset: copilot
+          bin: {copilot_bin}
+          model: {MODEL}
+          prompt: "-Fix the next failing test (iteration {{iteration}})."
+          timeout: 5m
+          retry: {{attempts: 2, backoff: 10ms, max_backoff: 10ms}}
+        until:
+          max_iterations: 4
+          output_contains: "{PROMISE}"
+        """)
+    with ScriptedLLM(turns) as srv:
+        env = copilot_env(tmp_path, srv.base_url, "another-model")
+        result = ralph("run", str(loop), env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success condition held" in result.stdout
+
+    rows = sessions(isolated)
+    assert [r["status"] for r in rows] == ["ok", "complete"]
+    assert {r["model"] for r in srv.requests} == {MODEL}  # --model over $COPILOT_MODEL
+    # The prompt went on stdin, verbatim (a leading "-" is no option); the retry continued the
+    # session: attempt 1's prompt is in its request as well as its own.
+    assert json.dumps(srv.requests[1]["messages"]).count("-Fix the next failing test (iteration 1).") == 2
+    steps = db_rows(isolated, "SELECT attempt, exit_code FROM steps WHERE name = 'agent' ORDER BY id")
+    assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0), (1, 0)]
+    assert "copilot: error: 400 scripted bad request" in result.stdout
+
+    assert seen.read_text().splitlines() == [f"{rows[0]['id']} 2"]  # the shell tool saw our session
+    for row, tokens in zip(rows, [(200, 40), (100, 20)], strict=True):
+        copilot_id = copilot_session_id(row["id"])
+        assert row["agent_session_id"] == copilot_id
+        assert (row["tokens_in"], row["tokens_out"]) == tokens  # the failed call reported none
+        assert row["cost_usd"] is None  # Copilot counts premium requests, not dollars
+        # Copilot's own session store has it under that UUID
+        assert (tmp_path / "copilot-home" / ".copilot" / "session-state" / copilot_id / "events.jsonl").is_file()
+    assert rows[0]["agent_session_id"] != rows[1]["agent_session_id"]
+    # the console shows the model's words and its tool calls, not JSON, and not the echoed prompt
+    assert "Fixed one test." in result.stdout and "→ bash: $ echo" in result.stdout
+    assert '"type"' not in result.stdout and "-Fix the next" not in result.stdout
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.slow
+def test_an_interrupt_ends_copilot_and_what_its_shell_tool_started(copilot_bin: Path, tmp_path: Path,
+                                                                  isolated: Path) -> None:
+    (tmp_path / "work").mkdir()
+    pidfile = tmp_path / "tool.pid"
+    loop = write_loop(tmp_path, f"""
+        name: copilot-interrupt
+        workdir: work
+        agent: {{preset: copilot, bin: {copilot_bin}, prompt: "Run the slow tests"}}
+        """)
+    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
+        env = {**os.environ, **copilot_env(tmp_path, srv.base_url)}
+        out = tmp_path / "ralph.out"
+        with open(out, "w") as fh:
+            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not alive(tool)
+    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+
+
+def test_a_missing_copilot_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
+    loop = write_loop(tmp_path, "name: c\nagent: {preset: copilot, prompt: hi}\n")
+    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the copilot preset needs `copilot` on PATH (or set agent.bin)" in result.stderr
+    assert not (isolated / "ralph.db").exists()
+
+
+# Events as Copilot CLI 1.0.102 printed them, trimmed.
+EVENTS = [
+    {"type": "user.message", "data": {"content": f"Say {PROMISE} when done"}},
+    {"type": "assistant.message_delta", "ephemeral": True, "data": {"deltaContent": "Look"}},
+    {"type": "assistant.message", "data": {"content": "Looking.", "toolRequests": [
+        {"name": "bash", "arguments": {"command": f"echo '{PROMISE}'\nmore", "description": "d"}}]}},
+    {"type": "tool.execution_complete", "data": {"success": True, "result": {"content": f"{PROMISE}\n"}}},
+    {"type": "session.error", "data": {"errorType": "query", "message": "429 rate limit", "statusCode": 429}},
+    {"type": "assistant.message", "data": {"content": f"Done. {PROMISE}", "toolRequests": []}},
+    {"type": "result", "sessionId": "0c0f7a3e-0000-4000-8000-000000000000", "exitCode": 0},
+]
+
+
+def test_the_parser_counts_the_models_words_only() -> None:
+    parser = CopilotParser("fallback")
+    parser.report = AgentReport()
+    fed = [parser.feed(json.dumps(e).encode() + b"\n") for e in EVENTS]
+    assert [d for d, _ in fed if d is not None] == [
+        f"Looking.\n→ bash: $ echo '{PROMISE}' …",
+        f"  ← {PROMISE}",
+        "copilot: error: 429 rate limit",
+        f"Done. {PROMISE}",
+        "copilot: done · exit 0 · session 0c0f7a3e-0000-4000-8000-000000000000",
+    ]
+    assert [t for _, t in fed if t is not None] == ["Looking.", "429 rate limit", f"Done. {PROMISE}"]
+    assert parser.report.agent_session_id == "0c0f7a3e-0000-4000-8000-000000000000"
+    assert parser.feed(b"plain stderr line\n") == ("plain stderr line", None)
+
+
+def test_tokens_are_those_of_the_last_process_in_the_session_log(tmp_path: Path) -> None:
+    def usage(n: int) -> dict[str, Any]:
+        return {"type": "session.usage_record", "data": {"usage": {"inputTokens": n, "outputTokens": n // 10}}}
+    log = tmp_path / "events.jsonl"
+    lines = [{"type": "session.start"}, usage(500), {"type": "session.shutdown"},
+             {"type": "session.resume"}, usage(100), {"type": "tool.execution_complete"}, usage(300)]
+    log.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"type": "session.usage_rec')  # cut short
+    assert last_run_usage(log) == (400, 40)
+    assert last_run_usage(tmp_path / "missing.jsonl") == (None, None)

@@ -1,0 +1,185 @@
+"""The ``pi`` preset with the real pi coding agent (npm ``@mariozechner/pi-coding-agent``, pinned in
+tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/llm_server.py,
+declared in an isolated ``~/.pi/agent/models.json``), driven by a real ``ralph run``.
+
+Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
+CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from handshake import PY, alive, db_rows, wait_for_text
+
+from helpers import ralph, write_loop
+from ralph.agents.base import AgentReport
+from ralph.agents.pi import PiParser, sessions_dir
+from tests.support.llm_server import ScriptedLLM, bash, text
+from tests.support.npm import NpmUnavailable
+from tests.support.pi import ensure_pi, pi_env
+
+MODEL = "scripted/scripted-model"
+PROMISE = "<promise>COMPLETE</promise>"
+STEP_COST = (100 * 3.0 + 20 * 15.0) / 1_000_000  # pi_env's prices; the server's 100 in / 20 out
+
+
+@pytest.fixture(scope="session")
+def pi_bin() -> Path:
+    try:
+        return ensure_pi()
+    except NpmUnavailable as e:
+        if not os.environ.get("CI") and shutil.which("npm") is None:
+            pytest.skip(f"pi not available: {e}")
+        pytest.fail(f"could not install pi: {e}")
+
+
+def sessions(state: Path) -> list[dict[str, Any]]:
+    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
+
+
+def events(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp_path: Path, isolated: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    seen, pidfile = tmp_path / "seen.txt", tmp_path / "sleeper.pid"
+    # Iteration 1's first attempt hangs on the model until the agent's timeout ends it: the retry
+    # continues the same pi session. Its tool records the session env it saw, quotes the promise
+    # (only the model's text counts) and leaves a process running (the preset must end it).
+    turns = [
+        text("too late", delay=60),
+        bash(f'echo "$OPENCODE_SESSION_ID $RALPH_ATTEMPT" >> {seen}; echo "I will say {PROMISE}"; '
+             f"sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 &", "Record the session"),
+        text("Fixed one test."),
+        text(f"All tests pass. {PROMISE}"),
+    ]
+    loop = write_loop(tmp_path, f"""
+        name: pi-bound
+        title: "Pi fix #{{iteration}}"
+        workdir: work
+        agent:
+          preset: pi
+          bin: {pi_bin}
+          model: {MODEL}
+          prompt: "-Fix the next failing test (iteration {{iteration}})."
+          timeout: 20s
+          retry: {{attempts: 2, backoff: 10ms, max_backoff: 10ms}}
+        until:
+          max_iterations: 4
+          output_contains: "{PROMISE}"
+        """)
+    with ScriptedLLM(turns) as srv:
+        result = ralph("run", str(loop), env=pi_env(tmp_path, srv.base_url), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    assert "success condition held" in result.stdout
+
+    rows = sessions(isolated)
+    assert [r["status"] for r in rows] == ["ok", "complete"]
+    steps = db_rows(isolated, "SELECT session_id, attempt, status, log_path FROM steps WHERE name = 'agent' "
+                              "ORDER BY id")
+    assert [(s["attempt"], s["status"]) for s in steps] == [(1, "timeout"), (2, "ok"), (1, "ok")]
+    # The prompt went on stdin, verbatim. (pi writes a new session's messages to its file at the first
+    # answer: the attempt that timed out left none for the retry to see; the retry's session is the
+    # same, as its header event says below.)
+    assert srv.requests[1]["messages"][-1]["content"] == [
+        {"type": "text", "text": "-Fix the next failing test (iteration 1)."}]
+    assert seen.read_text().splitlines() == [f"{rows[0]['id']} 2"]  # what the shell tool saw
+
+    pi_sessions = tmp_path / "pi-home" / ".pi" / "agent" / "sessions"
+    for row, (tokens_in, tokens_out) in zip(rows, [(200, 40), (100, 20)], strict=True):
+        assert row["agent_session_id"] == row["id"]
+        assert (row["tokens_in"], row["tokens_out"]) == (tokens_in, tokens_out)
+        assert row["cost_usd"] == pytest.approx(tokens_in // 100 * STEP_COST)
+        # pi's own session file carries our ID, in the folder pi lists the workdir's sessions from
+        (stored,) = pi_sessions.glob(f"*/*_{row['id']}.jsonl")
+        assert stored.parent.name == "--" + str(workdir).strip("/").replace("/", "-") + "--"
+        assert events(str(stored))[0] == {**events(str(stored))[0], "type": "session", "id": row["id"],
+                                          "cwd": str(workdir)}
+    for step in steps:  # every attempt's first event: the session header with our ID
+        assert events(step["log_path"])[0]["id"] == step["session_id"]
+    assert "Fixed one test." in result.stdout and "→ bash: $ echo" in result.stdout
+    assert '"type"' not in result.stdout and "-Fix the next" not in result.stdout
+    assert not alive(int(pidfile.read_text()))
+
+
+@pytest.mark.slow
+def test_an_interrupt_ends_pi_and_what_its_shell_tool_started(pi_bin: Path, tmp_path: Path,
+                                                                  isolated: Path) -> None:
+    (tmp_path / "work").mkdir()
+    pidfile = tmp_path / "tool.pid"
+    loop = write_loop(tmp_path, f"""
+        name: pi-interrupt
+        workdir: work
+        agent: {{preset: pi, bin: {pi_bin}, model: scripted/scripted-model, prompt: "Run the slow tests"}}
+        """)
+    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
+        env = {**os.environ, **pi_env(tmp_path, srv.base_url)}
+        out = tmp_path / "ralph.out"
+        with open(out, "w") as fh:
+            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130, out.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not alive(tool)
+    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+
+
+def test_a_missing_pi_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
+    loop = write_loop(tmp_path, "name: p\nagent: {preset: pi, prompt: hi}\n")
+    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the pi preset needs `pi` on PATH (or set agent.bin)" in result.stderr
+    assert not (isolated / "ralph.db").exists()
+
+
+# Events as pi 0.73.1 printed them, trimmed.
+USAGE = {"input": 100, "output": 20, "cacheRead": 30, "cacheWrite": 0, "cost": {"total": 0.0006}}
+EVENTS = [
+    {"type": "session", "version": 3, "id": "ses_ours", "cwd": "/w"},
+    {"type": "message_end", "message": {"role": "user", "content": [{"type": "text", "text": f"say {PROMISE}"}]}},
+    {"type": "message_end", "message": {"role": "assistant", "usage": USAGE, "stopReason": "toolUse", "content": [
+        {"type": "toolCall", "name": "bash", "arguments": {"command": f"echo '{PROMISE}'"}}]}},
+    {"type": "tool_execution_end", "result": {"content": [{"type": "text", "text": f"{PROMISE}\n"}]}, "isError": False},
+    {"type": "message_end", "message": {"role": "assistant", "usage": USAGE, "stopReason": "stop",
+                                        "content": [{"type": "text", "text": f"Done. {PROMISE}"}]}},
+    {"type": "message_end", "message": {"role": "assistant", "content": [], "stopReason": "error",
+                                        "errorMessage": "429 rate limit"}},
+]
+
+
+def test_the_parser_counts_the_models_words_tokens_and_cost() -> None:
+    parser = PiParser()
+    parser.report = AgentReport()
+    fed = [parser.feed(json.dumps(e).encode() + b"\n") for e in EVENTS]
+    assert [d for d, _ in fed if d is not None] == [
+        "pi session ses_ours", f"→ bash: $ echo '{PROMISE}'", f"  ← {PROMISE}", f"Done. {PROMISE}",
+        "pi: error: 429 rate limit"]
+    assert [t for _, t in fed if t is not None] == [f"Done. {PROMISE}", "429 rate limit"]
+    report = parser.report
+    assert (report.agent_session_id, report.tokens_in, report.tokens_out) == ("ses_ours", 260, 40)
+    assert report.cost_usd == pytest.approx(0.0012)
+
+
+def test_the_session_file_goes_where_pi_lists_the_workdirs_sessions() -> None:
+    work = Path("/srv/app:1/src")
+    assert sessions_dir({"HOME": "/h"}, work) == Path("/h/.pi/agent/sessions/--srv-app-1-src--")
+    assert sessions_dir({"HOME": "/h", "PI_CODING_AGENT_DIR": "~/pi"}, work) == Path("/h/pi/sessions/--srv-app-1-src--")
+    assert sessions_dir({"PI_CODING_AGENT_DIR": "/opt/pi"}, work) == Path("/opt/pi/sessions/--srv-app-1-src--")
+    assert sessions_dir({}, work) is None
