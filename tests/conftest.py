@@ -66,3 +66,18 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fi
             os.kill(pid, signal.SIGKILL)
     if survivors and not request.node.get_closest_marker("allow_survivors"):
         pytest.fail(f"processes of this test survived it: {survivors}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """One throwaway PostgreSQL for the whole session (tests/support/postgres.py)."""
+    from tests.support.postgres import running_server
+
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
+    """A private, empty PostgreSQL history for one test."""
+    return str(postgres_server.database())
