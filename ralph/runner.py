@@ -20,6 +20,7 @@ from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
 from ralph.interrupt import CancelToken, handle_signals
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
+from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
 from ralph.scan import StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
@@ -305,10 +306,14 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
     """Run a validated loop to its end and return the exit code."""
     preset = get_preset(spec.config.agent.preset)
     binary = preset.binary(spec)  # a missing agent is a usage error, before anything is written
-    items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
-                               else [None])
     state_dir = ensure_dir(options.state_dir)
-    store = Store(state_dir)
+    store = Store(state_dir)  # before items_command runs: a bad database URL runs nothing
+    try:
+        items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
+                                   else [None])
+    except BaseException:
+        store.close()
+        raise
     notes: list[str] = []
     store.mark_abandoned(notes.append)
     resumed = store.unfinished_run(spec.name) if options.resume else None
@@ -340,8 +345,9 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             if resumed:
                 run_span.set("ralph.resumed_from", resumed["id"])
                 runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])
+            queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel, console.warn)
             try:
-                results = _run_items(spec, options, sv, run_span, preset, binary, items, points)
+                results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
                 status, code, detail = _exit_status(results, cancel)
             except BaseException as exc:
                 status, code, detail = "error", exit_code_for(exc), f"{type(exc).__name__}: {exc}"
@@ -350,6 +356,7 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 # Every record of the run's end is attempted even if one fails (a full disk), and
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
+                    queue.close if queue else lambda: None,
                     lambda: store.finish_run(run_id, status, code),
                     lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
@@ -381,10 +388,12 @@ def _closing(actions: list[Callable[[], object]], failing: bool) -> None:
 
 def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
                binary: str | None, items: list[str | None],
-               points: dict[str | None, ResumePoint] | None = None) -> list[LoopResult]:
-    def one(item: str | None) -> LoopResult:
+               points: dict[str | None, ResumePoint] | None = None,
+               queue: BatchQueue | None = None) -> list[LoopResult]:
+    def one(item: str | None, point: ResumePoint | None = None) -> LoopResult:
         try:
-            result = ItemLoop(spec, options, sv, run_span, preset, binary, item, (points or {}).get(item)).run()
+            point = point or (points or {}).get(item)
+            result = ItemLoop(spec, options, sv, run_span, preset, binary, item, point).run()
         except BaseException:
             sv.cancel.stop()  # the run fails as a whole: the other items' children stop now
             raise
@@ -396,6 +405,8 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
         sv.console.batch_start([i for i in items if i is not None])
 
     parallel = spec.config.batch.parallel if spec.config.batch else 1
+    if queue is not None:  # a shared batch: items come from the queue, as hosts free up
+        return queue.run(one, parallel)
     if parallel <= 1 or len(items) <= 1:
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ralph-item") as pool:
