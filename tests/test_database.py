@@ -4,6 +4,7 @@ database that goes away mid-run (a throwaway server stopped with ``pg_ctl stop -
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -59,17 +60,17 @@ def test_a_postgresql_url_without_psycopg_says_what_to_install(tmp_path: Path) -
 
 
 def test_the_history_commands_read_and_write_postgresql(tmp_path: Path, postgres_url: str, isolated: Path) -> None:
-    loop_file = write_loop(tmp_path, f"""
+    loop_file = write_loop(tmp_path, """
         name: pg
-        agent: {{command: ["sh", "-c", "echo from the agent: $RALPH_ITERATION"]}}
-        until: {{max_iterations: 2}}
+        agent: {command: ["sh", "-c", "echo from the agent: $RALPH_ITERATION"]}
+        until: {max_iterations: 2}
         """)
     env = {"RALPH_DATABASE_URL": postgres_url}
     run = ralph("run", str(loop_file), "-q", env=env)
     assert run.returncode == 0, run.stderr
     assert not (isolated / "ralph.db").exists() and (isolated / "logs").is_dir()
     listing = ralph("sessions", "--json", env=env)
-    rows = __import__("json").loads(listing.stdout)
+    rows = json.loads(listing.stdout)
     assert [r["iteration"] for r in rows] == [2, 1] and {r["host"] for r in rows} == {os.uname().nodename}
     # --db wins over the environment; without either, the (empty) SQLite history of the folder.
     assert ralph("sessions", "--json", "--db", postgres_url).stdout == listing.stdout
@@ -81,10 +82,10 @@ def test_the_history_commands_read_and_write_postgresql(tmp_path: Path, postgres
     assert logs.stdout == "from the agent: 2\n", logs.stderr
     done = ralph("exec", "--db", postgres_url, "--session", session, "--", "sh", "-c", "echo $RALPH_SESSION_ID")
     assert done.returncode == 0 and done.stdout.strip() == session
-    steps = __import__("json").loads(ralph("show", session, "--json", env=env).stdout)["steps"]
+    steps = json.loads(ralph("show", session, "--json", env=env).stdout)["steps"]
     assert [s["kind"] for s in steps] == ["agent", "exec"]
     printed = ralph("env", "--format", "json", "--session", session, env=env)
-    assert __import__("json").loads(printed.stdout)["RALPH_SESSION_ID"] == session
+    assert json.loads(printed.stdout)["RALPH_SESSION_ID"] == session
 
 
 # Iteration 1 touches DIR/ready and waits for DIR/go (the test stops the server in between).

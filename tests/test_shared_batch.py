@@ -132,7 +132,7 @@ def test_a_later_run_of_a_finished_batch_runs_nothing(tmp_path: Path, postgres_u
     loop_file = loop(tmp_path, ["a"])
     for _ in range(2):
         proc = host(loop_file, postgres_url, qdir)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     assert sorted(p.name for p in qdir.iterdir()) == ["a-1"]
 
@@ -148,6 +148,6 @@ def test_an_interrupted_host_puts_its_item_back_for_the_next_run(tmp_path: Path,
     assert proc.returncode == 130
     assert query(postgres_url, "SELECT status FROM batch_items") == [{"status": "pending"}]
     again = host(loop_file, postgres_url, qdir)
-    out, err = again.communicate(timeout=60)
+    _out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     assert sorted(p.name for p in qdir.iterdir() if p.name.startswith("a-")) == ["a-1", "a-2", "a-3"]

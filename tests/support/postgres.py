@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-PASSWORD = "ralph-test-secret"  # noqa: S105 - a throwaway server's
+PASSWORD = "ralph-test-secret"
 
 
 def bindir() -> Path | None:
@@ -30,7 +30,7 @@ def bindir() -> Path | None:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
         if out and (Path(out) / "initdb").exists():
             return Path(out)
-    found = shutil.which("initdb")
+    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
     return Path(found).resolve().parent if found else None
 
 
