@@ -56,38 +56,37 @@ class BatchQueue:
         self.store.atomically(body)
 
     def claim(self) -> Claim | None:
-        def body(db: Any) -> dict[str, Any] | None:
-            row = db.execute(
-                "SELECT item, run_id, status FROM batch_items WHERE loop = ? AND batch = ? AND item = ANY(?) "  # noqa: S608
-                f"AND (status = 'pending' OR (status = 'leased' AND lease_until < {NOW})) "
-                "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED", (self.loop, self.batch, self.items)).fetchone()
-            if row is None:
-                return None
-            db.execute(f"UPDATE batch_items SET status = 'leased', run_id = ?, host = ?, pid = ?, "  # noqa: S608
-                       f"lease_until = {NOW} + ?, claims = claims + 1, updated = {NOW} "
-                       "WHERE loop = ? AND batch = ? AND item = ?",
-                       (self.run_id, self.host, self._pid, self.lease, self.loop, self.batch, row["item"]))
-            return dict(row)
-
-        row = self.store.atomically(body)
-        if row is None:
+        # One statement, one round trip: pick the first free item (skipping rows another host is
+        # claiming this very moment) and lease it; ``before`` is who held it last.
+        found = self.store.rows(
+            "WITH next AS (SELECT item, run_id AS before FROM batch_items WHERE loop = ? AND batch = ? "  # noqa: S608
+            f"AND item = ANY(?) AND (status = 'pending' OR (status = 'leased' AND lease_until < {NOW})) "
+            "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE batch_items b SET status = 'leased', run_id = ?, host = ?, pid = ?, lease_until = {NOW} + ?, "
+            f"claims = claims + 1, updated = {NOW} FROM next WHERE b.loop = ? AND b.batch = ? AND b.item = next.item "
+            "RETURNING b.item, next.before",
+            (self.loop, self.batch, self.items, self.run_id, self.host, self._pid, self.lease, self.loop,
+             self.batch))
+        if not found:
             return None
-        item, before = row["item"], row["run_id"]
-        if before:  # a takeover: a dead holder on this host may have left its agent running
-            self.store.mark_abandoned(self.warn)
+        row = found[0]
+        item, before = row["item"], row["before"]
+        if before is None:  # a fresh item: nothing to continue
+            return Claim(item, None, None)
+        self.store.mark_abandoned(self.warn)  # a dead holder on this host may have left its agent running
         point = self.store.item_resume_point(self.loop, self.batch, item)
-        if before and point is not None:
+        if point is not None:
             self.warn(f"item {item}: taken over from run {before}; continuing after iteration "
                       f"{point.last_iteration}")
         return Claim(item, point, before)
 
     def _left(self) -> dict[str, Any]:
         """Items not ended yet that another run holds, and when the first of those leases expires."""
-        return self.store.atomically(lambda db: dict(db.execute(
+        return self.store.rows(
             f"SELECT count(*) AS n, min(lease_until) - {NOW} AS wait FROM batch_items "  # noqa: S608
             "WHERE loop = ? AND batch = ? AND item = ANY(?) AND status <> 'done' "
             "AND NOT (status = 'leased' AND run_id = ?)",
-            (self.loop, self.batch, self.items, self.run_id)).fetchone()))
+            (self.loop, self.batch, self.items, self.run_id))[0]
 
     def next(self) -> Claim | None:
         """The next item for this host; waits while only other hosts' leased items are left."""
@@ -105,10 +104,10 @@ class BatchQueue:
     def finish(self, item: str, status: str) -> None:
         """The item ended (done for good), or was interrupted (back in the queue, to be continued)."""
         final = status != "interrupted"
-        changed = self.store.atomically(lambda db: db.execute(
+        changed = self.store.rows(
             f"UPDATE batch_items SET status = ?, result = ?, lease_until = NULL, updated = {NOW} "  # noqa: S608
-            "WHERE loop = ? AND batch = ? AND item = ? AND run_id = ? AND status = 'leased'",
-            ("done" if final else "pending", status, self.loop, self.batch, item, self.run_id)).rowcount)
+            "WHERE loop = ? AND batch = ? AND item = ? AND run_id = ? AND status = 'leased' RETURNING item",
+            ("done" if final else "pending", status, self.loop, self.batch, item, self.run_id))
         if not changed:
             self.warn(f"item {item}: its lease was lost while it ran (another host may have taken it over)")
 
@@ -125,9 +124,10 @@ class BatchQueue:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
-                self.store.atomically(lambda db: db.execute(
+                self.store.rows(
                     f"UPDATE batch_items SET lease_until = {NOW} + ? WHERE loop = ? AND batch = ? "  # noqa: S608
-                    "AND run_id = ? AND status = 'leased'", (self.lease, self.loop, self.batch, self.run_id)))
+                    "AND run_id = ? AND status = 'leased' RETURNING item",
+                    (self.lease, self.loop, self.batch, self.run_id))
             except RalphError as exc:
                 self.warn(f"cannot renew the batch leases: {exc}")
 

@@ -124,6 +124,10 @@ class Store:
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """One statement on its own (its own transaction), and the rows it returns."""
+        return self._query(sql, args)
+
     def _insert(self, table: str, row: Mapping[str, Any]) -> int:
         cols = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
