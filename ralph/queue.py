@@ -25,6 +25,7 @@ from ralph.interrupt import CancelToken
 from ralph.store import ResumePoint, Store
 from ralph.store.base import _hostname
 
+POLL = 1.0  # seconds between looks at a batch whose remaining items other hosts are running
 NOW = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
 
@@ -83,7 +84,8 @@ class BatchQueue:
     def _left(self) -> dict[str, Any]:
         """Items not ended yet that another run holds, and when the first of those leases expires."""
         return self.store.rows(
-            f"SELECT count(*) AS n, min(lease_until) - {NOW} AS wait FROM batch_items "  # noqa: S608
+            f"SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS pending, "  # noqa: S608
+            f"min(lease_until) - {NOW} AS wait FROM batch_items "
             "WHERE loop = ? AND batch = ? AND item = ANY(?) AND status <> 'done' "
             "AND NOT (status = 'leased' AND run_id = ?)",
             (self.loop, self.batch, self.items, self.run_id))[0]
@@ -97,8 +99,13 @@ class BatchQueue:
             left = self._left()
             if not left["n"]:
                 return None
+            if left["pending"]:  # free items another host was claiming at that instant: try again
+                self.cancel.wait(0.01)
+                continue
+            # Others' items are running: look again when the first lease could expire, and every
+            # second meanwhile (their items ending is what lets this host end).
             wait = left["wait"] if left["wait"] is not None else self.lease / 4
-            self.cancel.wait(min(max(wait, 0.02), self.lease / 2, 5.0))
+            self.cancel.wait(min(max(wait, 0.02), self.lease / 2, POLL))
         return None
 
     def finish(self, item: str, status: str) -> None:
