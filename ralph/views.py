@@ -115,7 +115,8 @@ def show(state_dir: Path, ident: str, as_json: bool) -> int:
         out += _session_lines(data, indent="")
     else:
         out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}  exit {data.get('exit_code')}  "
-                   f"{_when(data['started'])}  {_fmt_duration(data['duration'])}")
+                   f"{_when(data['started'])}  {_fmt_duration(data['duration'])}"
+                   + (f"  host {data['host']}" if data.get("host") else ""))
         if data.get("trace_id"):
             out.append(f"  trace {data['trace_id']}")
         for s in data["sessions"]:

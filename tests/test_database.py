@@ -140,3 +140,39 @@ def test_the_database_going_away_mid_run(comes_back: bool, tmp_path: Path, isola
             assert proc.returncode == 1, text
             assert "stayed unreachable for 2s" in text.strip().splitlines()[-1]
             assert len(logs) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sessions_show_the_host_once_a_history_has_two_and_logs_name_it(
+        backend: str, tmp_path: Path, isolated: Path, request: pytest.FixtureRequest) -> None:
+    from ralph.store import Store
+
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    env = {"RALPH_DATABASE_URL": url} if url else {}
+    loop_file = write_loop(tmp_path, """
+        name: hosts
+        agent: {command: "echo hello"}
+        until: {max_iterations: 1}
+        """)
+    assert ralph("run", str(loop_file), "-q", env=env).returncode == 0
+    header = ralph("sessions", env=env).stdout.splitlines()[0]
+    assert ("host" in header) == (backend == "postgresql")  # SQLite, one host: no column
+    # A run recorded by another machine (its logs are there, not here).
+    store = Store(isolated, url=url)
+    store.start_run("run_elsewhere", "hosts", None)
+    store.update_run("run_elsewhere", host="build-7")
+    store.start_session(id="ses_elsewhere", run_id="run_elsewhere", loop="hosts", title="far", iteration=1)
+    step = store.start_step(session_id="ses_elsewhere", run_id="run_elsewhere", name="agent", kind="agent", attempt=1,
+                            log_path="/nonexistent/logs/agent.log")
+    store.finish_step(step, "ok", 0)
+    store.finish_session("ses_elsewhere", "ok")
+    store.close()
+    listing = ralph("sessions", env=env).stdout.splitlines()
+    assert "host" in listing[0]
+    assert [line.split()[-1] for line in listing[1:]] == ["build-7", os.uname().nodename]
+    logs = ralph("logs", "ses_elsewhere", env=env)
+    assert logs.returncode == 0 and logs.stdout == ""
+    assert logs.stderr.strip() == ("ralph: /nonexistent/logs/agent.log is on host build-7, which ran session "
+                                   "ses_elsewhere")
+    shown = ralph("show", "run_elsewhere", env=env)
+    assert "host build-7" in shown.stdout.splitlines()[0]

@@ -199,7 +199,7 @@ class Store:
 
             try:
                 self.atomically(body)
-            except self._errors as exc:  # a repair, not the command's job: say so and go on
+            except (*self._errors, StateError) as exc:  # a repair, not the command's job: say so and go on
                 (warn or _stderr)(f"cannot mark the dead run {run_id} abandoned: {exc}")
                 continue
             for row in leftovers:
