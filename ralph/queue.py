@@ -38,9 +38,13 @@ class Claim:
 
 class BatchQueue:
     def __init__(self, store: Store, loop: str, batch: str, run_id: str, items: list[str], lease: float,
-                 cancel: CancelToken, warn: Callable[[str], None]) -> None:
+                 cancel: CancelToken, warn: Callable[[str], None], only: bool = False) -> None:
         self.store, self.loop, self.batch, self.run_id = store, loop, batch, run_id
         self.items, self.lease, self.cancel, self.warn = list(items), lease, cancel, warn
+        # --item / --shard: this host takes only its own items. Otherwise any item of the batch (no
+        # item list in every claim: matching it is a cost per item that grows with the batch).
+        self._only = "AND item = ANY(?) " if only else ""
+        self._only_args: tuple[Any, ...] = (self.items,) if only else ()
         self.host, self._pid = _hostname(), os.getpid()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -60,13 +64,13 @@ class BatchQueue:
         # One statement, one round trip: pick the first free item (skipping rows another host is
         # claiming this very moment) and lease it; ``before`` is who held it last.
         found = self.store.rows(
-            "WITH next AS (SELECT item, run_id AS before FROM batch_items WHERE loop = ? AND batch = ? "  # noqa: S608
-            f"AND item = ANY(?) AND (status = 'pending' OR (status = 'leased' AND lease_until < {NOW})) "
+            f"WITH next AS (SELECT item, run_id AS before FROM batch_items WHERE loop = ? AND batch = ? {self._only}"  # noqa: S608
+            f"AND (status = 'pending' OR (status = 'leased' AND lease_until < {NOW})) "
             "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"UPDATE batch_items b SET status = 'leased', run_id = ?, host = ?, pid = ?, lease_until = {NOW} + ?, "
             f"claims = claims + 1, updated = {NOW} FROM next WHERE b.loop = ? AND b.batch = ? AND b.item = next.item "
             "RETURNING b.item, next.before",
-            (self.loop, self.batch, self.items, self.run_id, self.host, self._pid, self.lease, self.loop,
+            (self.loop, self.batch, *self._only_args, self.run_id, self.host, self._pid, self.lease, self.loop,
              self.batch))
         if not found:
             return None
@@ -86,9 +90,9 @@ class BatchQueue:
         return self.store.rows(
             f"SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending') AS pending, "  # noqa: S608
             f"min(lease_until) - {NOW} AS wait FROM batch_items "
-            "WHERE loop = ? AND batch = ? AND item = ANY(?) AND status <> 'done' "
+            f"WHERE loop = ? AND batch = ? {self._only}AND status <> 'done' "
             "AND NOT (status = 'leased' AND run_id = ?)",
-            (self.loop, self.batch, self.items, self.run_id))[0]
+            (self.loop, self.batch, *self._only_args, self.run_id))[0]
 
     def next(self) -> Claim | None:
         """The next item for this host; waits while only other hosts' leased items are left."""
@@ -169,11 +173,13 @@ class BatchQueue:
 
 
 def shared_queue(store: Store, loop: str, batch: str | None, run_id: str, items: list[str | None],
-                 config: Batch | None, cancel: CancelToken, warn: Callable[[str], None]) -> BatchQueue | None:
+                 config: Batch | None, cancel: CancelToken, warn: Callable[[str], None],
+                 only: bool = False) -> BatchQueue | None:
     """The queue of this run's batch, when its history is shared (PostgreSQL); else None."""
     if not store.shared or batch is None or config is None:
         return None
-    queue = BatchQueue(store, loop, batch, run_id, [i for i in items if i is not None], config.lease, cancel, warn)
+    queue = BatchQueue(store, loop, batch, run_id, [i for i in items if i is not None], config.lease, cancel, warn,
+                       only)
     queue.seed()
     queue.start()
     return queue

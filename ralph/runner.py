@@ -345,7 +345,8 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             if resumed:
                 run_span.set("ralph.resumed_from", resumed["id"])
                 runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])
-            queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel, console.warn)
+            queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel, console.warn,
+                                 only=bool(options.items or options.shard))
             try:
                 results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
                 status, code, detail = _exit_status(results, cancel)

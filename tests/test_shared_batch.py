@@ -54,11 +54,11 @@ def loop(tmp_path: Path, items: list[str], iterations: int = 1, lease: str = "60
 _started = iter(range(1000))
 
 
-def host(loop_file: Path, url: str, qdir: Path, **env: str) -> subprocess.Popen[str]:
+def host(loop_file: Path, url: str, qdir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     """One host: ``ralph run`` with the shared history, in a state folder of its own."""
     full = {**os.environ, "RALPH_DATABASE_URL": url, "RALPH_BATCH_ID": "nightly-1", "QDIR": str(qdir),
             "RALPH_STATE_DIR": str(qdir.parent / f"state-{next(_started)}"), **env}
-    return subprocess.Popen([PY, "-m", "ralph", "run", str(loop_file), "-q"], env=full, stdout=subprocess.PIPE,
+    return subprocess.Popen([PY, "-m", "ralph", "run", str(loop_file), "-q", *args], env=full, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -151,3 +151,17 @@ def test_an_interrupted_host_puts_its_item_back_for_the_next_run(tmp_path: Path,
     _out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     assert sorted(p.name for p in qdir.iterdir() if p.name.startswith("a-")) == ["a-1", "a-2", "a-3"]
+
+
+def test_a_host_given_items_takes_only_those_from_the_shared_queue(tmp_path: Path, postgres_url: str) -> None:
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    loop_file = loop(tmp_path, ["a", "b", "c"])
+    proc = host(loop_file, postgres_url, qdir, "--item", "b")
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sorted(p.name for p in qdir.iterdir()) == ["b-1"]
+    rest = host(loop_file, postgres_url, qdir)  # the rest of the batch, by another host
+    _out, err = rest.communicate(timeout=60)
+    assert rest.returncode == 0, err
+    assert sorted(p.name for p in qdir.iterdir()) == ["a-1", "b-1", "c-1"]

@@ -189,6 +189,7 @@ class Store:
         dead = [r["id"] for r in self._query(
             "SELECT id, host, pid, pid_start FROM runs WHERE status = 'running'")
             if r["host"] == host and not _pid_alive(r["pid"], r["pid_start"])]
+        repairable: tuple[type[BaseException], ...] = (*self._errors, StateError)
         for run_id in dead:
             leftovers = self._query("SELECT pid, pid_start, session_id, name FROM steps WHERE run_id = ? AND "
                                     "status = 'running' AND pid IS NOT NULL", (run_id,))
@@ -199,7 +200,7 @@ class Store:
 
             try:
                 self.atomically(body)
-            except (*self._errors, StateError) as exc:  # a repair, not the command's job: say so and go on
+            except repairable as exc:  # a repair, not the command's job: say so and go on
                 (warn or _stderr)(f"cannot mark the dead run {run_id} abandoned: {exc}")
                 continue
             for row in leftovers:
