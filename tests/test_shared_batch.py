@@ -103,7 +103,7 @@ def test_a_killed_host_loses_its_item_to_a_waiting_host_which_continues_it(tmp_p
                                                                              postgres_url: str) -> None:
     qdir = tmp_path / "q"
     qdir.mkdir()
-    loop_file = loop(tmp_path, ["a", "b"], iterations=2, lease="1s")
+    loop_file = loop(tmp_path, ["a", "b"], iterations=2, lease="3s")  # renewed every 1s: slack for a busy machine
     first = host(loop_file, postgres_url, qdir, BLOCK_ITEM="a")
     wait_for(qdir / "blocking-a")
     agent_pid = int((qdir / "blocking-a").read_text())
