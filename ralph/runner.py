@@ -26,6 +26,7 @@ from ralph.scan import StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
 from ralph.store import ResumePoint, Store, ensure_dir
+from ralph.store.url import DATABASE_URL_ENV
 from ralph.telemetry import Span
 
 
@@ -342,6 +343,8 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
             sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
                           spec.config.env, {} if tel.enabled else inbound)
+            if store.url:  # --db too: the agents' own `ralph exec`, `ralph sessions` find this history
+                sv.base_env = {**sv.base_env, DATABASE_URL_ENV: store.url}
             if resumed:
                 run_span.set("ralph.resumed_from", resumed["id"])
                 runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])

@@ -176,3 +176,17 @@ def test_sessions_show_the_host_once_a_history_has_two_and_logs_name_it(
                                    "ses_elsewhere")
     shown = ralph("show", "run_elsewhere", env=env)
     assert "host build-7" in shown.stdout.splitlines()[0]
+
+
+def test_a_run_given_db_hands_it_to_its_children(tmp_path: Path, postgres_url: str) -> None:
+    """The agent's own ``ralph exec`` records into the history the run was given with --db."""
+    loop_file = write_loop(tmp_path, f"""
+        name: inner
+        agent: {{command: {yaml_list([PY, "-m", "ralph", "exec", "--", "sh", "-c", "echo inner"])}}}
+        until: {{max_iterations: 1}}
+        """)
+    run = ralph("run", str(loop_file), "-q", "--db", postgres_url)
+    assert run.returncode == 0, run.stderr
+    (session,) = json.loads(ralph("sessions", "--json", "--db", postgres_url).stdout)
+    steps = json.loads(ralph("show", session["id"], "--json", "--db", postgres_url).stdout)["steps"]
+    assert [s["kind"] for s in steps] == ["agent", "exec"]

@@ -93,6 +93,7 @@ class Store:
     ROWID = "rowid"  # the insertion-order tie-break of sessions and runs with equal start times
     shared = False  # True where several hosts can share the history (and so a batch's queue)
     path: Any  # what error messages name: the SQLite file, or the URL without its password
+    url: str | None = None  # a shared database's URL (None: the state folder's SQLite file)
     _lock: Any
     _errors: tuple[type[BaseException], ...] = ()
 

@@ -88,7 +88,7 @@ class PostgresStore(Store):
     def _connect(self) -> Any:
         from psycopg.rows import dict_row
 
-        return self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row, connect_timeout=10,
+        return self._psycopg.connect(self.url or "", autocommit=True, row_factory=dict_row, connect_timeout=10,
                                      application_name="ralph")
 
     def _upgrade(self) -> None:
