@@ -144,8 +144,8 @@ class BatchQueue:
 
     def close(self) -> None:
         self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
+        if self._renewer is not None:  # mid-renewal against a database that is gone: do not wait it out
+            self._renewer.join(timeout=1.0)
 
     # -- the workers -----------------------------------------------------------------------------
     def run(self, one: Callable[[str, ResumePoint | None], Any], parallel: int) -> list[Any]:

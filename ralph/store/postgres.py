@@ -75,7 +75,7 @@ class PostgresStore(Store):
         self.path = redact(self.url)
         self.retry_for = _retry_seconds()
         self._lock = threading.RLock()  # type: ignore[assignment]
-        self._outage = False
+        self._outage = self._gone = False
         try:
             self._conn = self._connect()
         except psycopg.Error as exc:
@@ -133,13 +133,19 @@ class PostgresStore(Store):
                       f"retrying for up to {self.retry_for:g}s")
 
         with self._lock:
+            # Once a whole retry window has passed in vain, the run is ending: its last writes
+            # (the run's end, the queue's release) get one try each, not a window each.
+            window = 0.0 if self._gone else self.retry_for
             try:
-                return Retrying(stop=stop_after_delay(self.retry_for), wait=wait_exponential(multiplier=0.25, max=5),
-                                retry=retry_if_exception_type(psycopg.OperationalError), before_sleep=before_sleep,
-                                reraise=True)(once)
+                result = Retrying(stop=stop_after_delay(window), wait=wait_exponential(multiplier=0.25, max=5),
+                                  retry=retry_if_exception_type(psycopg.OperationalError), before_sleep=before_sleep,
+                                  reraise=True)(once)
             except psycopg.OperationalError as exc:
+                self._gone = True
                 raise StateError(f"the history database {self.path} stayed unreachable for {self.retry_for:g}s: "
                                  f"{_first_line(exc)}") from None
+            self._gone = False
+            return result
 
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
