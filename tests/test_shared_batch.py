@@ -99,18 +99,25 @@ def test_three_hosts_share_one_batch_and_each_item_runs_once(tmp_path: Path, pos
     assert listing.stdout.count("ses_") == 9
 
 
-def test_a_killed_host_loses_its_item_to_a_waiting_host_which_continues_it(tmp_path: Path,
-                                                                             postgres_url: str) -> None:
+@pytest.mark.parametrize("second_starts", ["before the kill", "after the kill"])
+def test_a_killed_host_loses_its_item_to_another_host_which_continues_it(second_starts: str, tmp_path: Path,
+                                                                         postgres_url: str) -> None:
+    """kill -9 of the host running item a: another host (already waiting, or a later run) takes a
+    over once the lease expires, ends the agent the dead host left behind, and goes on with a's
+    iterations where they stopped."""
     qdir = tmp_path / "q"
     qdir.mkdir()
     loop_file = loop(tmp_path, ["a", "b"], iterations=2, lease="3s")  # renewed every 1s: slack for a busy machine
     first = host(loop_file, postgres_url, qdir, BLOCK_ITEM="a")
     wait_for(qdir / "blocking-a")
     agent_pid = int((qdir / "blocking-a").read_text())
-    second = host(loop_file, postgres_url, qdir, BLOCK_ITEM="a")
-    wait_for(qdir / "b-2")  # the second host took b while a is leased; it then waits for a
+    if second_starts == "before the kill":
+        second = host(loop_file, postgres_url, qdir, BLOCK_ITEM="a")
+        wait_for(qdir / "b-2")  # the second host took b while a is leased; it then waits for a
     first.kill()  # kill -9: no lease renewal, no clean-up; its agent (own process group) lives on
     first.communicate()
+    if second_starts == "after the kill":
+        second = host(loop_file, postgres_url, qdir, BLOCK_ITEM="a")
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0, (out, err)
     assert "item a: taken over from run" in err

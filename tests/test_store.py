@@ -289,6 +289,52 @@ def test_rows_read_back_as_written_with_prefixes_and_order(store: Store) -> None
     assert store.run_hosts(["run_01"]) == {"run_01": socket.gethostname()}
 
 
+V2_TABLES = """
+    CREATE TABLE runs (id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL,
+        exit_code INTEGER, started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT,
+        trace_id TEXT, span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT);
+    CREATE TABLE sessions (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
+        iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
+        previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
+        tokens_out INTEGER, cost_usd REAL, reason TEXT);
+    CREATE TABLE steps (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL,
+        name TEXT NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
+        exit_code INTEGER, pid INTEGER, started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT,
+        reason TEXT, pid_start TEXT);
+    INSERT INTO runs (id, loop, status, started) VALUES ('run_old', 'demo', 'ok', 1.5);
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_version_2_history_is_upgraded_by_the_migrations(backend: str, isolated: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    """The same MIGRATIONS run on both backends (PostgreSQL's with its type names)."""
+    from ralph.store.schema import for_postgres, statements
+
+    url = None
+    if backend == "sqlite":
+        isolated.mkdir(mode=0o700)
+        db = sqlite3.connect(isolated / "ralph.db")
+        db.executescript(V2_TABLES + "PRAGMA user_version = 2;")
+        db.close()
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in statements(for_postgres(V2_TABLES)):
+                conn.execute(statement)
+            conn.execute("CREATE TABLE ralph_schema (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO ralph_schema VALUES (2)")
+    store = Store(isolated, url=url)
+    assert store.resolve_run("run_old")["started"] == 1.5
+    assert rows(store, "SELECT count(*) AS n FROM batch_items") == [{"n": 0}]
+    version = (rows(store, "SELECT max(version) AS v FROM ralph_schema")[0]["v"] if url
+               else rows(store, "PRAGMA user_version")[0]["user_version"])
+    assert version == SCHEMA_VERSION
+    store.close()
+
+
 def test_an_old_history_is_upgraded_to_the_newest_schema(store: Store, isolated: Path) -> None:
     """A second open finds the schema current; every table of the newest version is there."""
     url = getattr(store, "url", None)
