@@ -348,9 +348,10 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             if resumed:
                 run_span.set("ralph.resumed_from", resumed["id"])
                 runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])
-            queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel, console.warn,
-                                 only=bool(options.items or options.shard))
+            queue: BatchQueue | None = None
             try:
+                queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel,
+                                     console.warn, only=bool(options.items or options.shard))
                 results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
                 status, code, detail = _exit_status(results, cancel)
             except BaseException as exc:
@@ -360,7 +361,7 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 # Every record of the run's end is attempted even if one fails (a full disk), and
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
-                    queue.close if queue else lambda: None,
+                    lambda: queue.close() if queue else None,
                     lambda: store.finish_run(run_id, status, code),
                     lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
