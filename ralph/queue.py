@@ -46,6 +46,8 @@ class BatchQueue:
         self._only = "AND item = ANY(?) " if only else ""
         self._only_args: tuple[Any, ...] = (self.items,) if only else ()
         self.host, self._pid = _hostname(), os.getpid()
+        self._held: set[str] = set()  # items this run has claimed and not ended
+        self._lost: set[str] = set()  # of those, items whose lease another run has taken
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -76,6 +78,8 @@ class BatchQueue:
             return None
         row = found[0]
         item, before = row["item"], row["before"]
+        self._held.add(item)
+        self._lost.discard(item)  # its taker's lease ran out in turn: this run continues it
         if before is None:  # a fresh item: nothing to continue
             return Claim(item, None, None)
         self.store.mark_abandoned(self.warn)  # a dead holder on this host may have left its agent running
@@ -114,13 +118,18 @@ class BatchQueue:
 
     def finish(self, item: str, status: str) -> None:
         """The item ended (done for good), or was interrupted (back in the queue, to be continued)."""
-        final = status != "interrupted"
+        self._held.discard(item)
+        final = status not in ("interrupted", "lost")
         changed = self.store.rows(
             f"UPDATE batch_items SET status = ?, result = ?, lease_until = NULL, updated = {NOW} "  # noqa: S608
             "WHERE loop = ? AND batch = ? AND item = ? AND run_id = ? AND status = 'leased' RETURNING item",
             ("done" if final else "pending", status, self.loop, self.batch, item, self.run_id))
-        if not changed:
+        if not changed and status != "lost":
             self.warn(f"item {item}: its lease was lost while it ran (another host may have taken it over)")
+
+    def lost(self, item: str) -> bool:
+        """Another run took this item over (this host was cut off past its lease): stop it."""
+        return item in self._lost
 
     def release(self, item: str) -> None:
         """Best effort after an error: back in the queue now, not after the lease runs out."""
@@ -134,13 +143,21 @@ class BatchQueue:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 3):
+            held = set(self._held)
             try:
-                self.store.rows(
+                renewed = self.store.rows(
                     f"UPDATE batch_items SET lease_until = {NOW} + ? WHERE loop = ? AND batch = ? "  # noqa: S608
                     "AND run_id = ? AND status = 'leased' RETURNING item",
                     (self.lease, self.loop, self.batch, self.run_id))
             except RalphError as exc:
                 self.warn(f"cannot renew the batch leases: {exc}")
+                continue
+            # Held here but no longer ours: taken over while this host could not renew. Its
+            # current iteration ends; no further one starts here (one host per item at a time).
+            for item in sorted(held & self._held - {r["item"] for r in renewed} - self._lost):
+                self._lost.add(item)
+                self.warn(f"item {item}: another host took it over (this host could not renew its lease in "
+                          "time); stopping it after the current iteration")
 
     def close(self) -> None:
         self._stop.set()

@@ -51,7 +51,7 @@ class IterationResult:
 @dataclass(frozen=True)
 class LoopResult:
     item: str | None
-    status: str  # complete | exhausted | failed | interrupted
+    status: str  # complete | exhausted | failed | interrupted | lost (a shared batch's item taken over)
     reason: str
     iterations: int
     succeeded: bool  # this item counts as a success for the exit code
@@ -90,6 +90,8 @@ class ItemLoop:
         while True:
             if self.sv.cancel.cancelled:
                 return self._result("interrupted", "interrupted", done, False)
+            if self.taken_over is not None and self.taken_over():
+                return self._result("lost", "taken over by another host", done, False)
             if done >= max_iterations:
                 ok = last_ok and not until.has_success_condition
                 return self._result("exhausted", f"max_iterations ({max_iterations}) reached", done, ok)
@@ -113,6 +115,9 @@ class ItemLoop:
                 return self._result("failed", f"{failures} consecutive failed iterations", done, False)
             if until.max_cost_usd is not None and cost >= until.max_cost_usd:
                 return self._result("failed", f"cost ${cost:.4f} reached max_cost_usd", done, False)
+
+    # A shared batch's item: true once another host took it over (this one could not renew its lease).
+    taken_over: Callable[[], bool] | None = None
 
     def _result(self, status: str, reason: str, iterations: int, ok: bool) -> LoopResult:
         return LoopResult(self.item, status, reason, iterations, ok)
@@ -398,7 +403,10 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
     def one(item: str | None, point: ResumePoint | None = None) -> LoopResult:
         try:
             point = point or (points or {}).get(item)
-            result = ItemLoop(spec, options, sv, run_span, preset, binary, item, point).run()
+            loop = ItemLoop(spec, options, sv, run_span, preset, binary, item, point)
+            if queue is not None and item is not None:
+                loop.taken_over = lambda: queue.lost(item)
+            result = loop.run()
         except BaseException:
             sv.cancel.stop()  # the run fails as a whole: the other items' children stop now
             raise

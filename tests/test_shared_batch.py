@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, wait_dead, wait_for
+from handshake import PY, wait_dead, wait_for, wait_for_text
 
 from helpers import ralph, write_loop, yaml_list
 
@@ -172,3 +172,50 @@ def test_a_host_given_items_takes_only_those_from_the_shared_queue(tmp_path: Pat
     _out, err = rest.communicate(timeout=60)
     assert rest.returncode == 0, err
     assert sorted(p.name for p in qdir.iterdir()) == ["a-1", "b-1", "c-1"]
+
+
+# Iteration 1 touches DIR/ready and waits for DIR/go; every iteration leaves DIR/<item>-<iteration>.
+WAITING_AGENT = [PY, "-c", r"""
+import os, pathlib, time
+d = pathlib.Path(os.environ['QDIR'])
+(d / f"{os.environ['RALPH_ITEM']}-{os.environ['RALPH_ITERATION']}").touch()
+if os.environ['RALPH_ITERATION'] == '1':
+    (d / 'ready').touch()
+    while not (d / 'go').exists():
+        time.sleep(0.01)
+"""]
+
+
+def test_a_host_whose_item_was_taken_over_stops_it_after_the_current_iteration(tmp_path: Path,
+                                                                                postgres_url: str) -> None:
+    """As if this host had been cut off past its lease and another took the item: the iteration in
+    flight ends, no further one starts here, and the item stays with the run that took it."""
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    loop_file = write_loop(tmp_path, f"""
+        name: shared
+        agent: {{command: {yaml_list(WAITING_AGENT)}}}
+        until: {{max_iterations: 3}}
+        batch: {{items: [a], lease: 3s}}
+        """)
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        full = {**os.environ, "RALPH_DATABASE_URL": postgres_url, "RALPH_BATCH_ID": "nightly-1", "QDIR": str(qdir)}
+        proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop_file)], env=full, stderr=err, stdout=err)
+        wait_for(qdir / "ready")
+        query(postgres_url, "UPDATE batch_items SET run_id = 'run_thief', host = 'elsewhere', "
+              "lease_until = lease_until + 3600 RETURNING item")  # the taker holds it for now
+        wait_for_text(stderr, "item a: another host took it over")
+        (qdir / "go").touch()
+        wait_for_text(stderr, "item a: lost (taken over by another host)")  # and this host waits for it
+        query(postgres_url, "UPDATE batch_items SET status = 'done' RETURNING item")  # the taker's end
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(stderr.read_text()) from None
+    assert proc.returncode == 1, stderr.read_text()
+    assert sorted(p.name for p in qdir.iterdir() if p.name.startswith("a-")) == ["a-1"]
+    assert "item a: taken over by another host" in stderr.read_text()
+    assert query(postgres_url, "SELECT run_id, status FROM batch_items") == [{"run_id": "run_thief",
+                                                                               "status": "done"}]
