@@ -44,11 +44,12 @@ def open_store(state_dir: Path) -> Store:
 
 
 def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool) -> int:
-    show_host = False
+    show_host, where = False, state_dir
     if not history_exists(state_dir):
         rows: list[dict[str, Any]] = []
     else:
         store = Store(state_dir)
+        where = state_dir if store.url is None else store.path
         try:
             store.mark_abandoned()
             rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
@@ -63,7 +64,7 @@ def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     if not rows:
-        print(f"no sessions in {state_dir}", file=sys.stderr)
+        print(f"no sessions in {where}", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
