@@ -35,15 +35,22 @@ StateDir = Annotated[
     typer.Option("--state-dir", help="State folder (default: $RALPH_STATE_DIR, else ./.ralph).",
                  show_default=False),
 ]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", metavar="URL", help="History database, e.g. postgresql://USER@HOST/DB (default: "
+                 "$RALPH_DATABASE_URL, else SQLite in the state folder).", show_default=False),
+]
 SessionOpt = Annotated[
     str | None,
     typer.Option("--session", help="Session ID or unique prefix (default: $RALPH_SESSION_ID, else the newest)."),
 ]
 
 
-def _state(state_dir: Path | None) -> Path:
-    from ralph.store import resolve_state_dir
+def _state(state_dir: Path | None, db: str | None = None) -> Path:
+    from ralph.store import resolve_state_dir, use
 
+    if db is not None:
+        use(db)  # every history this command opens is there
     return resolve_state_dir(state_dir)
 
 
@@ -71,6 +78,7 @@ def run(
     max_iterations: Annotated[int | None, typer.Option("--max-iterations", min=1,
                                                        help="Override until.max_iterations.")] = None,
     state_dir: StateDir = None,
+    db: DbOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide the children's output.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
     item: Annotated[list[str] | None, typer.Option("--item", help="Run only this batch item (repeatable).")] = None,
@@ -85,8 +93,8 @@ def run(
     """Run a loop."""
     from ralph import commands
 
-    _finish(guard(lambda: commands.run(file, max_iterations, _state(state_dir), quiet, json_out, tuple(item or ()),
-                                       shard, resume, report), lambda: _state(state_dir)))
+    _finish(guard(lambda: commands.run(file, max_iterations, _state(state_dir, db), quiet, json_out, tuple(item or ()),
+                                       shard, resume, report), lambda: _state(state_dir, db)))
 
 
 @app.command()
@@ -104,11 +112,13 @@ def sessions(
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     state_dir: StateDir = None,
+    db: DbOpt = None,
 ) -> None:
     """Session history, newest first."""
     from ralph import views
 
-    _finish(guard(lambda: views.sessions(_state(state_dir), loop, run_id, limit, json_out), lambda: _state(state_dir)))
+    _finish(guard(lambda: views.sessions(_state(state_dir, db), loop, run_id, limit, json_out),
+                  lambda: _state(state_dir, db)))
 
 
 @app.command()
@@ -116,11 +126,12 @@ def show(
     ident: Annotated[str, typer.Argument(metavar="ID", help="A session or run ID (or unique prefix).")],
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     state_dir: StateDir = None,
+    db: DbOpt = None,
 ) -> None:
     """A session or run: steps, exit codes, durations, trace, span tree."""
     from ralph import views
 
-    _finish(guard(lambda: views.show(_state(state_dir), ident, json_out), lambda: _state(state_dir)))
+    _finish(guard(lambda: views.show(_state(state_dir, db), ident, json_out), lambda: _state(state_dir, db)))
 
 
 @app.command()
@@ -129,11 +140,12 @@ def logs(
     step: Annotated[str | None, typer.Option("--step", help="Only this step (e.g. agent, check).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the session runs.")] = False,
     state_dir: StateDir = None,
+    db: DbOpt = None,
 ) -> None:
     """What the session's children printed."""
     from ralph import views
 
-    _finish(guard(lambda: views.logs(_state(state_dir), session, step, follow), lambda: _state(state_dir)))
+    _finish(guard(lambda: views.logs(_state(state_dir, db), session, step, follow), lambda: _state(state_dir, db)))
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -141,20 +153,21 @@ def exec(
     command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="The command and its arguments.")],
     session: SessionOpt = None,
     state_dir: StateDir = None,
+    db: DbOpt = None,
 ) -> None:
     """Run CMD in that session's env, recorded as a step of it."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.exec_command(_state(state_dir), session, tuple(command)),
-                  lambda: _state(state_dir)))
+    _finish(guard(lambda: sessiontools.exec_command(_state(state_dir, db), session, tuple(command)),
+                  lambda: _state(state_dir, db)))
 
 
 @app.command()
-def shell(session: SessionOpt = None, state_dir: StateDir = None) -> None:
+def shell(session: SessionOpt = None, state_dir: StateDir = None, db: DbOpt = None) -> None:
     """An interactive $SHELL in that session's env."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.shell(_state(state_dir), session), lambda: _state(state_dir)))
+    _finish(guard(lambda: sessiontools.shell(_state(state_dir, db), session), lambda: _state(state_dir, db)))
 
 
 @app.command()
@@ -162,11 +175,13 @@ def env(
     session: SessionOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="sh (for eval) or json.")] = "sh",
     state_dir: StateDir = None,
+    db: DbOpt = None,
 ) -> None:
     """The session env, for eval "$(ralph env)"."""
     from ralph import sessiontools
 
-    _finish(guard(lambda: sessiontools.print_env(_state(state_dir), session, fmt), lambda: _state(state_dir)))
+    _finish(guard(lambda: sessiontools.print_env(_state(state_dir, db), session, fmt),
+                  lambda: _state(state_dir, db)))
 
 
 @app.command()
@@ -182,11 +197,12 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="html, md (for $GITHUB_STEP_SUMMARY) or json.")] = "html",
     trace_url: Annotated[str | None, typer.Option("--trace-url", help="Link trace IDs: a URL with {trace_id} in it.",
                                                   show_default=False)] = None,
+    db: DbOpt = None,
 ) -> None:
     """One self-contained page of a run or batch: items, timeline, costs, changes, failed logs."""
     from ralph import report as reporting
 
-    dirs = [_state(d) for d in state_dir] if state_dir else [_state(None)]
+    dirs = [_state(d, db) for d in state_dir] if state_dir else [_state(None, db)]
     _finish(guard(lambda: reporting.command(dirs, ident, output, fmt, trace_url), lambda: dirs[0]))
 
 

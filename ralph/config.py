@@ -211,6 +211,8 @@ class Batch(Model):
     items_file: str | None = None
     items_command: Command | None = None
     parallel: int = Field(1, ge=1, le=256)
+    lease: Duration = Field(60.0, gt=0, description="with a PostgreSQL history, how long a host's claim on an "
+                            "item lasts without renewal (renewed while it runs) before another host may take it over")
 
     @model_validator(mode="after")
     def _one_source(self) -> Batch:

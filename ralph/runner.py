@@ -20,11 +20,13 @@ from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
 from ralph.interrupt import CancelToken, handle_signals
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
+from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
 from ralph.scan import StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
 from ralph.store import ResumePoint, Store, ensure_dir
+from ralph.store.url import DATABASE_URL_ENV
 from ralph.telemetry import Span
 
 
@@ -50,7 +52,7 @@ class IterationResult:
 @dataclass(frozen=True)
 class LoopResult:
     item: str | None
-    status: str  # complete | exhausted | failed | interrupted
+    status: str  # complete | exhausted | failed | interrupted | lost (a shared batch's item taken over)
     reason: str
     iterations: int
     succeeded: bool  # this item counts as a success for the exit code
@@ -89,6 +91,8 @@ class ItemLoop:
         while True:
             if self.sv.cancel.cancelled:
                 return self._result("interrupted", "interrupted", done, False)
+            if self.taken_over is not None and self.taken_over():
+                return self._result("lost", "taken over by another host", done, False)
             if done >= max_iterations:
                 ok = last_ok and not until.has_success_condition
                 return self._result("exhausted", f"max_iterations ({max_iterations}) reached", done, ok)
@@ -112,6 +116,9 @@ class ItemLoop:
                 return self._result("failed", f"{failures} consecutive failed iterations", done, False)
             if until.max_cost_usd is not None and cost >= until.max_cost_usd:
                 return self._result("failed", f"cost ${cost:.4f} reached max_cost_usd", done, False)
+
+    # A shared batch's item: true once another host took it over (this one could not renew its lease).
+    taken_over: Callable[[], bool] | None = None
 
     def _result(self, status: str, reason: str, iterations: int, ok: bool) -> LoopResult:
         return LoopResult(self.item, status, reason, iterations, ok)
@@ -332,10 +339,14 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
     """Run a validated loop to its end and return the exit code."""
     preset = get_preset(spec.config.agent.preset)
     binary = preset.binary(spec)  # a missing agent is a usage error, before anything is written
-    items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
-                               else [None])
     state_dir = ensure_dir(options.state_dir)
-    store = Store(state_dir)
+    store = Store(state_dir)  # before items_command runs: a bad database URL runs nothing
+    try:
+        items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
+                                   else [None])
+    except BaseException:
+        store.close()
+        raise
     notes: list[str] = []
     store.mark_abandoned(notes.append)
     resumed = store.unfinished_run(spec.name) if options.resume else None
@@ -370,11 +381,16 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             runlog.info("run started", span=run_span, loop=spec.name, file=str(spec.path))
             sv = Services(run_id, state_dir, spec.workdir, store, tel, runlog, console, cancel,
                           spec.config.env, {} if tel.enabled else inbound)
+            if store.url:  # --db too: the agents' own `ralph exec`, `ralph sessions` find this history
+                sv.base_env = {**sv.base_env, DATABASE_URL_ENV: store.url}
             if resumed:
                 run_span.set("ralph.resumed_from", resumed["id"])
                 runlog.info("run resumed", span=run_span, resumed_from=resumed["id"])
+            queue: BatchQueue | None = None
             try:
-                results = _run_items(spec, options, sv, run_span, preset, binary, items, points)
+                queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel,
+                                     console.warn, only=bool(options.items or options.shard))
+                results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
                 status, code, detail = _exit_status(results, cancel)
             except BaseException as exc:
                 status, code, detail = "error", exit_code_for(exc), f"{type(exc).__name__}: {exc}"
@@ -383,6 +399,7 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 # Every record of the run's end is attempted even if one fails (a full disk), and
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
+                    lambda: queue.close() if queue else None,
                     lambda: store.finish_run(run_id, status, code),
                     lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
@@ -415,10 +432,15 @@ def _closing(actions: list[Callable[[], object]], failing: bool) -> None:
 
 def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span, preset: Preset,
                binary: str | None, items: list[str | None],
-               points: dict[str | None, ResumePoint] | None = None) -> list[LoopResult]:
-    def one(item: str | None) -> LoopResult:
+               points: dict[str | None, ResumePoint] | None = None,
+               queue: BatchQueue | None = None) -> list[LoopResult]:
+    def one(item: str | None, point: ResumePoint | None = None) -> LoopResult:
         try:
-            result = ItemLoop(spec, options, sv, run_span, preset, binary, item, (points or {}).get(item)).run()
+            point = point or (points or {}).get(item)
+            loop = ItemLoop(spec, options, sv, run_span, preset, binary, item, point)
+            if queue is not None and item is not None:
+                loop.taken_over = lambda: queue.lost(item)
+            result = loop.run()
         except BaseException:
             sv.cancel.stop()  # the run fails as a whole: the other items' children stop now
             raise
@@ -432,6 +454,8 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
         sv.console.batch_start([i for i in items if i is not None])
 
     parallel = spec.config.batch.parallel if spec.config.batch else 1
+    if queue is not None:  # a shared batch: items come from the queue, as hosts free up
+        return queue.run(one, parallel)
     if parallel <= 1 or len(items) <= 1:
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="ralph-item") as pool:

@@ -22,7 +22,7 @@ from ralph.console import Console
 from ralph.errors import ConfigError, UsageError
 from ralph.session import Session, child_env
 from ralph.steps import Services
-from ralph.store import Store
+from ralph.store import Store, history_exists
 from ralph.telemetry import Span, Telemetry
 
 TRACE_KEYS = ("TRACEPARENT", "TRACESTATE")
@@ -64,10 +64,10 @@ def _empty(state_dir: Path, why: str) -> Target:
 
 
 def find_target(state_dir: Path, ident: str | None) -> Target:
-    db = state_dir / "ralph.db"
-    if not db.exists():
-        return _empty(state_dir, f"no session history at {db}")
+    if not history_exists(state_dir):
+        return _empty(state_dir, f"no session history at {state_dir / 'ralph.db'}")
     store = Store(state_dir, create=False)
+    db = store.path
     try:
         if ident:
             row = store.find_session(ident)  # an ambiguous prefix is a usage error (exit 2)

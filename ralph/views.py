@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ralph.errors import UsageError
-from ralph.store import Store
+from ralph.store import Store, history_exists
 
 
 def _when(ts: float | None) -> str:
@@ -39,36 +39,45 @@ def _with_duration(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_store(state_dir: Path) -> Store:
-    store = Store(state_dir, create=(state_dir / "ralph.db").exists())
+    store = Store(state_dir, create=history_exists(state_dir))
     return store
 
 
 def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool) -> int:
-    if not (state_dir / "ralph.db").exists():
+    show_host, where = False, state_dir
+    if not history_exists(state_dir):
         rows: list[dict[str, Any]] = []
     else:
         store = Store(state_dir)
+        where = state_dir if store.url is None else store.path
         try:
             store.mark_abandoned()
             rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
+            # Which machine ran each session (its logs are there): shown once a history has more than one.
+            if store.shared or store.hosts() > 1:
+                show_host = True
+                hosts = store.run_hosts(sorted({r["run_id"] for r in rows}))
+                rows = [{**r, "host": hosts.get(r["run_id"])} for r in rows]
         finally:
             store.close()
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     if not rows:
-        print(f"no sessions in {state_dir}", file=sys.stderr)
+        print(f"no sessions in {where}", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost"):
+    columns = ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost")
+    for col in (*columns, "host") if show_host else columns:
         table.add_column(col, no_wrap=col in ("session", "started"))
     for r in rows:
         cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else ""
-        table.add_row(r["id"], r["title"], r["loop"], str(r["iteration"]), r.get("item") or "", r["status"],
-                      _when(r["started"]), _fmt_duration(r["duration"]), cost)
+        cells = [r["id"], r["title"], r["loop"], str(r["iteration"]), r.get("item") or "", r["status"],
+                 _when(r["started"]), _fmt_duration(r["duration"]), cost]
+        table.add_row(*cells, *([r.get("host") or ""] if show_host else []))
     console = Console(soft_wrap=False)
     if not console.is_terminal:
         console = Console(soft_wrap=False, width=240)  # piped: never squeeze IDs into ellipses
@@ -107,7 +116,8 @@ def show(state_dir: Path, ident: str, as_json: bool) -> int:
         out += _session_lines(data, indent="")
     else:
         out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}  exit {data.get('exit_code')}  "
-                   f"{_when(data['started'])}  {_fmt_duration(data['duration'])}")
+                   f"{_when(data['started'])}  {_fmt_duration(data['duration'])}"
+                   + (f"  host {data['host']}" if data.get("host") else ""))
         if data.get("trace_id"):
             out.append(f"  trace {data['trace_id']}")
         for s in data["sessions"]:
@@ -144,6 +154,15 @@ def _session_lines(s: dict[str, Any], indent: str) -> list[str]:
     return lines
 
 
+def _elsewhere(store: Store, session: dict[str, Any], path: Path) -> None:
+    """A shared history: the log may be on the machine that ran the session; say which."""
+    import os
+
+    host = (store.find_run(session["run_id"]) or {}).get("host")
+    if host and host != os.uname().nodename:
+        print(f"ralph: {path} is on host {host}, which ran session {session['id']}", file=sys.stderr)
+
+
 def logs(state_dir: Path, ident: str, step: str | None, follow: bool = False) -> int:
     store = Store(state_dir, create=False)
     try:
@@ -161,7 +180,9 @@ def logs(state_dir: Path, ident: str, step: str | None, follow: bool = False) ->
                 out.write(f"==> {s['name']}{'' if s['attempt'] == 1 else ' attempt ' + str(s['attempt'])} "
                           f"<==\n".encode())
             path = Path(s["log_path"])
-            if path.exists():
+            if not path.exists():
+                _elsewhere(store, session, path)
+            else:
                 with path.open("rb") as fh:
                     while chunk := fh.read(1 << 20):
                         out.write(chunk)

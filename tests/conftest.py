@@ -20,7 +20,7 @@ SCRUBBED_PREFIXES = ("OPENCODE_SESSION", "OTEL_")
 SCRUBBED = {
     "RALPH_SESSION_ID", "RALPH_SESSION_TITLE", "RALPH_RUN_ID", "RALPH_LOOP", "RALPH_ITERATION",
     "RALPH_ATTEMPT", "RALPH_STEP", "RALPH_ITEM", "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE",
-    "RALPH_SESSION_LOG",
+    "RALPH_SESSION_LOG", "RALPH_DATABASE_URL", "RALPH_DATABASE_RETRY",
 }
 
 
@@ -66,3 +66,18 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fi
             os.kill(pid, signal.SIGKILL)
     if survivors and not request.node.get_closest_marker("allow_survivors"):
         pytest.fail(f"processes of this test survived it: {survivors}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """One throwaway PostgreSQL for the whole session (tests/support/postgres.py)."""
+    from tests.support.postgres import running_server
+
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
+    """A private, empty PostgreSQL history for one test."""
+    return str(postgres_server.database())

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import imported_modules, python, ralph
 
-HEAVY = ("opentelemetry", "pydantic", "yaml", "sqlite3", "tenacity")
+HEAVY = ("opentelemetry", "pydantic", "yaml", "sqlite3", "tenacity", "psycopg")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"]])

@@ -18,7 +18,7 @@ from typing import Any
 
 from ralph.errors import StateError, UsageError
 from ralph.report import model
-from ralph.store import Store
+from ralph.store import Store, database_url
 
 TAIL_BYTES = 2048
 TAIL_LINES = 20
@@ -28,7 +28,9 @@ NOT_FAILED = ("ok", "complete", "running")
 def gather(state_dirs: list[Path], ident: str | None = None) -> model.Report:
     """The report of run or batch ``ident`` (a run ID or unique prefix, or a batch ID), else of the
     newest run, or of its whole batch when it belongs to one, over every given state folder."""
-    stores = [Store(d, create=False) for d in _unique(state_dirs)]
+    dirs = _unique(state_dirs)
+    shared = database_url() is not None  # one history for every host: open it once, find logs in any folder
+    stores = [Store(dirs[0], create=False)] if shared else [Store(d, create=False) for d in dirs]
     try:
         for store in stores:  # a run whose ralph died on this host is not shown as running forever
             with contextlib.suppress(StateError):
@@ -36,9 +38,10 @@ def gather(state_dirs: list[Path], ident: str | None = None) -> model.Report:
         kind, key, picked = _select(stores, ident)
         runs, sessions, ends = [], [], {}
         for store, row in picked:
-            records = _run_log(store.state_dir, row["id"])
-            runs.append(_run(store, row, records))
-            sessions += _sessions(store, row["id"])
+            home = _home(dirs, row["id"]) if shared else dirs[stores.index(store)]
+            records = _run_log(home, row["id"])
+            runs.append(_run(home, row, records))
+            sessions += _sessions(store, home, row["id"])
             ends.update({(e.run_id, e.item): e for e in _item_ends(row["id"], records)})
     finally:
         for store in stores:
@@ -54,6 +57,11 @@ def gather(state_dirs: list[Path], ident: str | None = None) -> model.Report:
                         state_dirs=[str(s) for s in _unique(state_dirs)], totals=_totals(runs, items, sessions),
                         runs=runs, items=items, sessions=sessions, iterations=_points(sessions),
                         has_git=any(s.changes is not None for s in sessions))
+
+
+def _home(dirs: list[Path], run_id: str) -> Path:
+    """The state folder (of those given) holding a run's logs: with a shared history, its host's."""
+    return next((d for d in dirs if (d / "logs" / run_id).is_dir()), dirs[0])
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
@@ -111,7 +119,7 @@ def _run_log(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def _run(store: Store, row: dict[str, Any], records: list[dict[str, Any]]) -> model.Run:
+def _run(state_dir: Path, row: dict[str, Any], records: list[dict[str, Any]]) -> model.Run:
     # The history's stop_reason (a fixed word such as max_iterations) with the run's own sentence on it.
     ends = [r for r in records if str(r.get("message", "")).startswith("run ") and r.get("detail")]
     detail = ends[-1]["detail"] if ends else None
@@ -122,7 +130,7 @@ def _run(store: Store, row: dict[str, Any], records: list[dict[str, Any]]) -> mo
     return model.Run(id=row["id"], loop=row["loop"], status=row["status"], exit_code=row.get("exit_code"),
                      stop_reason=reason, started=row["started"], ended=row.get("ended"), host=row.get("host"),
                      shard=row.get("shard"), batch=row.get("batch"), trace_id=row.get("trace_id"),
-                     state_dir=str(store.state_dir))
+                     state_dir=str(state_dir))
 
 
 def _item_ends(run_id: str, records: list[dict[str, Any]]) -> list[model.Item]:
@@ -186,7 +194,7 @@ def _tail(path: str | None) -> str | None:
     return "\n".join(lines[-TAIL_LINES:])
 
 
-def _sessions(store: Store, run_id: str) -> list[model.Session]:
+def _sessions(store: Store, state_dir: Path, run_id: str) -> list[model.Session]:
     now = time.time()
     steps: dict[str, list[model.Step]] = defaultdict(list)
     for t in store.run_steps(run_id):
@@ -195,7 +203,7 @@ def _sessions(store: Store, run_id: str) -> list[model.Session]:
         steps[t["session_id"]].append(model.Step.model_construct(
             name=t["name"], kind=t["kind"], attempt=t["attempt"], status=t["status"], exit_code=t.get("exit_code"),
             started=t["started"], ended=t.get("ended"), duration=_duration(t, now),
-            log=_log_file(store.state_dir, run_id, t.get("log_path")), reason=t.get("reason")))
+            log=_log_file(state_dir, run_id, t.get("log_path")), reason=t.get("reason")))
     out = []
     for s in store.run_sessions(run_id):
         own = steps.get(s["id"], [])

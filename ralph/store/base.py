@@ -1,52 +1,24 @@
-"""The history: runs, sessions and steps in ``ralph.db`` (SQLite, WAL).
+"""The history's one interface: runs, sessions and steps, whichever database holds them.
 
 Every write is its own short transaction so a ``kill -9`` loses at most the row in flight and two
-runs sharing a state folder never lock each other out for long.
+runs sharing a history never lock each other out for long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ralph.errors import StateError, UsageError
 from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
 
-SCHEMA_VERSION = 2
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
-    started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT, trace_id TEXT,
-    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
-    iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
-    previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
-    tokens_out INTEGER, cost_usd REAL, reason TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
-CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
-CREATE INDEX IF NOT EXISTS sessions_loop ON sessions (loop, started);
-CREATE TABLE IF NOT EXISTS steps (
-    id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL, name TEXT NOT NULL,
-    kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL, exit_code INTEGER, pid INTEGER,
-    started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT, reason TEXT, pid_start TEXT
-);
-CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id, id);
-CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
-"""
-# Each version's upgrade from the one before; a fresh file gets SCHEMA at the newest version.
-MIGRATIONS = {2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;"}
+T = TypeVar("T")
 FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
 # Iterations that ran to their end: what a resumed run counts against max_iterations.
 FINISHED = ("ok", "failed", "complete", "timeout")
@@ -103,7 +75,7 @@ def _pid_alive(pid: int | None, start: str | None) -> bool:
     return start is None or current is None or current == start
 
 
-def _close_running(db: sqlite3.Connection, run_id: str, status: str) -> float:
+def _close_running(db: Any, run_id: str, status: str) -> float:
     """Inside a transaction: the run's steps and sessions still ``running`` end with ``status``, now
     (returned, for the run's own row)."""
     now = time.time()
@@ -114,70 +86,48 @@ def _close_running(db: sqlite3.Connection, run_id: str, status: str) -> float:
 
 
 class Store:
-    def __init__(self, state_dir: Path, create: bool = True) -> None:
-        self.state_dir = state_dir
-        self.path = state_dir / "ralph.db"
-        if not create and not self.path.exists():
-            raise StateError(f"no history at {self.path}")
-        self._lock = threading.Lock()
-        try:
-            if create:
-                ensure_dir(state_dir)
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-            self._db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout = 30000")
-            if create:
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            if create:
-                self._upgrade()
-        except OSError as exc:
-            raise StateError(f"cannot create the history {self.path}: {exc.strerror}") from None
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot use the history {self.path}: {exc}") from None
+    """One history, whichever database holds it. ``Store(state_dir)`` opens the one this command
+    uses (``--db``, else ``$RALPH_DATABASE_URL``, else ``ralph.db`` in the state folder: see
+    ``ralph.store.url``); the backends only supply the primitives below."""
 
-    def _upgrade(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
-            return
-        with self._tx() as db:
-            # Re-read under the write lock: another ralph may have upgraded the file meanwhile.
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            upgrades = (MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
-            script = SCHEMA if version == 0 else "".join(upgrades)
-            for statement in filter(str.strip, script.split(";")):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+    ROWID = "rowid"  # the insertion-order tie-break of sessions and runs with equal start times
+    shared = False  # True where several hosts can share the history (and so a batch's queue)
+    path: Any  # what error messages name: the SQLite file, or the URL without its password
+    url: str | None = None  # a shared database's URL (None: the state folder's SQLite file)
+    _lock: Any
+    _errors: tuple[type[BaseException], ...] = ()
+
+    def __new__(cls, state_dir: Path, create: bool = True, url: str | None = None) -> Store:
+        if cls is not Store:
+            return super().__new__(cls)
+        from ralph.store.url import backend_for
+
+        return super().__new__(backend_for(url))
+
+    def __init__(self, state_dir: Path, create: bool = True, url: str | None = None) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        raise NotImplementedError
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; BEGIN IMMEDIATE takes the write lock up front so the busy
-        timeout, not a deadlock error, settles a race with another ralph."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise
+    def _tx(self) -> contextlib.AbstractContextManager[Any]:
+        """One short write transaction; what it yields has ``execute(sql, args)`` (qmark style)."""
+        raise NotImplementedError
+
+    def atomically(self, body: Callable[[Any], T]) -> T:
+        """``body(db)`` in one write transaction (a backend may replay it after a lost connection)."""
+        with self._tx() as db:
+            return body(db)
 
     def _write(self, sql: str, args: Mapping[str, Any] | tuple[Any, ...]) -> int:
-        try:
-            with self._lock:
-                cur = self._db.execute(sql, args)
-                return cur.lastrowid or 0
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot write the history {self.path}: {exc}") from None
+        raise NotImplementedError
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """One statement on its own (its own transaction), and the rows it returns."""
+        return self._query(sql, args)
 
     def _insert(self, table: str, row: Mapping[str, Any]) -> int:
         cols = ", ".join(row)
@@ -187,13 +137,6 @@ class Store:
     def _update(self, table: str, key: Any, row: Mapping[str, Any]) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in row)
         self._write(f"UPDATE {table} SET {sets} WHERE id = :_key", {**row, "_key": key})  # noqa: S608
-
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        try:
-            with self._lock:
-                return [dict(r) for r in self._db.execute(sql, args).fetchall()]
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot read the history {self.path}: {exc}") from None
 
     # -- writes ---------------------------------------------------------------------------------
     def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
@@ -205,12 +148,14 @@ class Store:
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
         """The run's end; sessions and steps it left ``running`` (an interrupt, an error) end with it."""
         left = status if status in ("interrupted", "error") else "abandoned"
+        def body(db: Any) -> None:
+            now = _close_running(db, run_id, left)
+            db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
+                       (status, exit_code, now, run_id))
+
         try:
-            with self._tx() as db:
-                now = _close_running(db, run_id, left)
-                db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
-                           (status, exit_code, now, run_id))
-        except sqlite3.DatabaseError as exc:
+            self.atomically(body)
+        except self._errors as exc:
             raise StateError(f"cannot write the history {self.path}: {exc}") from None
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -245,15 +190,18 @@ class Store:
         dead = [r["id"] for r in self._query(
             "SELECT id, host, pid, pid_start FROM runs WHERE status = 'running'")
             if r["host"] == host and not _pid_alive(r["pid"], r["pid_start"])]
+        repairable: tuple[type[BaseException], ...] = (*self._errors, StateError)
         for run_id in dead:
             leftovers = self._query("SELECT pid, pid_start, session_id, name FROM steps WHERE run_id = ? AND "
                                     "status = 'running' AND pid IS NOT NULL", (run_id,))
+            def body(db: Any, run_id: str = run_id) -> None:
+                now = _close_running(db, run_id, "abandoned")
+                db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ? "
+                           "AND status = 'running'", (now, run_id))
+
             try:
-                with self._tx() as db:
-                    now = _close_running(db, run_id, "abandoned")
-                    db.execute("UPDATE runs SET status = 'abandoned', ended = ? WHERE id = ? "
-                               "AND status = 'running'", (now, run_id))
-            except sqlite3.DatabaseError as exc:  # a repair, not the command's job: say so and go on
+                self.atomically(body)
+            except repairable as exc:  # a repair, not the command's job: say so and go on
                 (warn or _stderr)(f"cannot mark the dead run {run_id} abandoned: {exc}")
                 continue
             for row in leftovers:
@@ -272,7 +220,7 @@ class Store:
             where.append("run_id = ?")
             args.append(self.resolve_run(run)["id"])
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        return self._query(f"SELECT * FROM sessions {clause} ORDER BY started DESC, rowid DESC LIMIT ?",  # noqa: S608
+        return self._query(f"SELECT * FROM sessions {clause} ORDER BY started DESC, {self.ROWID} DESC LIMIT ?",  # noqa: S608
                            (*args, limit))
 
     def _resolve(self, table: str, ident: str) -> dict[str, Any] | None:
@@ -304,21 +252,22 @@ class Store:
         return row
 
     def newest_session(self) -> dict[str, Any] | None:
-        rows = self._query("SELECT * FROM sessions ORDER BY started DESC, rowid DESC LIMIT 1")
+        rows = self._query(f"SELECT * FROM sessions ORDER BY started DESC, {self.ROWID} DESC LIMIT 1")  # noqa: S608
         return rows[0] if rows else None
 
     def steps(self, session_id: str) -> list[dict[str, Any]]:
         return self._query("SELECT * FROM steps WHERE session_id = ? ORDER BY id", (session_id,))
 
     def run_sessions(self, run_id: str) -> list[dict[str, Any]]:
-        return self._query("SELECT * FROM sessions WHERE run_id = ? ORDER BY started, rowid", (run_id,))
+        return self._query(f"SELECT * FROM sessions WHERE run_id = ? ORDER BY started, {self.ROWID}",  # noqa: S608
+                           (run_id,))
 
     def unfinished_run(self, loop: str) -> dict[str, Any] | None:
         """The newest run of this loop that stopped before its end (interrupted, ended by an error,
         or abandoned by a ralph that died) and that no later run has resumed yet."""
-        rows = self._query("SELECT * FROM runs WHERE loop = ? AND status IN ('abandoned', 'interrupted', 'error') "
+        rows = self._query("SELECT * FROM runs WHERE loop = ? AND status IN ('abandoned', 'interrupted', 'error') "  # noqa: S608
                            "AND id NOT IN (SELECT resumed_from FROM runs WHERE resumed_from IS NOT NULL) "
-                           "ORDER BY started DESC, rowid DESC LIMIT 1", (loop,))
+                           f"ORDER BY started DESC, {self.ROWID} DESC LIMIT 1", (loop,))
         return rows[0] if rows else None
 
     def resume_points(self, run_id: str) -> dict[str | None, ResumePoint]:
@@ -331,23 +280,47 @@ class Store:
             current = rows[0]["resumed_from"] if rows else None
         marks = ", ".join("?" * len(chain))
         sessions = self._query(f"SELECT id, item, iteration, status, cost_usd FROM sessions WHERE run_id IN "  # noqa: S608
-                               f"({marks}) ORDER BY iteration, started, rowid", tuple(chain))
-        points: dict[str | None, ResumePoint] = {}
-        for row in sessions:
-            before = points.get(row["item"])
-            points[row["item"]] = ResumePoint(
-                last_iteration=row["iteration"], last_session_id=row["id"],
-                finished=(before.finished if before else 0) + (row["status"] in FINISHED),
-                cost=(before.cost if before else 0.0) + (row["cost_usd"] or 0.0),
-                complete=row["status"] == "complete")
-        return points
+                               f"({marks}) ORDER BY iteration, started, {self.ROWID}", tuple(chain))
+        return _points(sessions)
+
+    def item_resume_point(self, loop: str, batch: str, item: str) -> ResumePoint | None:
+        """Where an item of a shared batch stopped, over every run of that batch on any host (a
+        takeover continues the numbering of whichever hosts ran it before)."""
+        sessions = self._query(
+            "SELECT id, item, iteration, status, cost_usd FROM sessions WHERE loop = ? AND item = ? AND run_id IN "  # noqa: S608
+            f"(SELECT id FROM runs WHERE loop = ? AND batch = ?) ORDER BY iteration, started, {self.ROWID}",
+            (loop, item, loop, batch))
+        return _points(sessions).get(item)
+
+    def run_hosts(self, run_ids: list[str]) -> dict[str, str | None]:
+        if not run_ids:
+            return {}
+        marks = ", ".join("?" * len(run_ids))
+        rows = self._query(f"SELECT id, host FROM runs WHERE id IN ({marks})", tuple(run_ids))  # noqa: S608
+        return {r["id"]: r["host"] for r in rows}
+
+    def hosts(self) -> int:
+        """How many hosts ran loops into this history."""
+        return int(self._query("SELECT count(DISTINCT host) AS n FROM runs")[0]["n"])
 
     def runs(self, batch: str | None = None, limit: int = 10000) -> list[dict[str, Any]]:
         """Runs newest first; with ``batch``, only the runs of that batch (``ralph report``)."""
         clause, args = ("WHERE batch = ?", (batch,)) if batch is not None else ("", ())
-        return self._query(f"SELECT * FROM runs {clause} ORDER BY started DESC, rowid DESC LIMIT ?",  # noqa: S608
+        return self._query(f"SELECT * FROM runs {clause} ORDER BY started DESC, {self.ROWID} DESC LIMIT ?",  # noqa: S608
                            (*args, limit))
 
     def run_steps(self, run_id: str) -> list[dict[str, Any]]:
         """Every step of a run in one query (a report of 5000 sessions would otherwise make 5000)."""
         return self._query("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
+
+
+def _points(sessions: list[dict[str, Any]]) -> dict[str | None, ResumePoint]:
+    points: dict[str | None, ResumePoint] = {}
+    for row in sessions:
+        before = points.get(row["item"])
+        points[row["item"]] = ResumePoint(
+            last_iteration=row["iteration"], last_session_id=row["id"],
+            finished=(before.finished if before else 0) + (row["status"] in FINISHED),
+            cost=(before.cost if before else 0.0) + (row["cost_usd"] or 0.0),
+            complete=row["status"] == "complete")
+    return points
