@@ -193,6 +193,8 @@ class Until(Model):
     command_succeeds: Command | None = None
     max_consecutive_failures: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
+    no_progress: int | None = Field(None, ge=1, description="stop after N iterations that changed nothing "
+                                    "in the working tree (git snapshots; commits count as change)")
 
     @property
     def has_success_condition(self) -> bool:
@@ -204,6 +206,8 @@ class Batch(Model):
     items_file: str | None = None
     items_command: Command | None = None
     parallel: int = Field(1, ge=1, le=256)
+    isolation: Literal["none", "worktree"] = Field(
+        "none", description="worktree: each item in its own git worktree on branch ralph/<loop>/<item>")
 
     @model_validator(mode="after")
     def _one_source(self) -> Batch:
@@ -229,16 +233,23 @@ class Telemetry(Model):
         "the run's (for backends such as Phoenix that group one trace into one session)")
 
 
+class Git(Model):
+    snapshots: bool = Field(True, description="in a git work tree, snapshot it before and after every "
+                            "iteration under refs/ralph/ (never touching HEAD, index or files)")
+
+
 class LoopFile(Model):
     name: str = Field(pattern=NAME_RE, max_length=100)
     title: str | None = Field(None, description="session title template")
-    workdir: str | None = Field(None, description="relative to this file; default: the current folder")
+    workdir: str | None = Field(None, description="relative to this file; default: the current folder; "
+                                "{item} gives each batch item its own folder")
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     agent: Agent
     steps: Steps = Steps()
     until: Until = Until()
     batch: Batch | None = None
     telemetry: Telemetry = Telemetry()
+    git: Git = Git()
 
     @field_validator("title")
     @classmethod
@@ -252,6 +263,14 @@ class LoopFile(Model):
                 raise ValueError("the title is empty")
         return value
 
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None) -> str | None:
+        if value is not None:
+            bad = [p for p in PLACEHOLDER_RE.findall(value) if p != "item"]
+            if bad:
+                raise ValueError(f"unknown placeholder {{{bad[0]}}} in workdir (only {{item}} is known here)")
+        return value
 
 
 def json_schema() -> dict[str, Any]:

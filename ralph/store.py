@@ -20,7 +20,7 @@ from typing import Any
 from ralph.errors import StateError, UsageError
 from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
     iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
     previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
-    tokens_out INTEGER, cost_usd REAL, reason TEXT
+    tokens_out INTEGER, cost_usd REAL, reason TEXT, files_changed INTEGER, insertions INTEGER,
+    deletions INTEGER, commits TEXT, changed_files TEXT, git_before TEXT, git_after TEXT, git_head TEXT,
+    git_dir TEXT, git_root TEXT, git_branch TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
@@ -46,7 +48,13 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 """
 # Each version's upgrade from the one before; a fresh file gets SCHEMA at the newest version.
-MIGRATIONS = {2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;"}
+MIGRATIONS = {
+    2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;",
+    # git provenance (issue 12): what each session changed, its snapshots, its worktree branch
+    3: "".join(f"ALTER TABLE sessions ADD COLUMN {c};" for c in (
+        "files_changed INTEGER", "insertions INTEGER", "deletions INTEGER", "commits TEXT", "changed_files TEXT",
+        "git_before TEXT", "git_after TEXT", "git_head TEXT", "git_dir TEXT", "git_root TEXT", "git_branch TEXT")),
+}
 FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
 # Iterations that ran to their end: what a resumed run counts against max_iterations.
 FINISHED = ("ok", "failed", "complete", "timeout")
@@ -341,3 +349,13 @@ class Store:
                 cost=(before.cost if before else 0.0) + (row["cost_usd"] or 0.0),
                 complete=row["status"] == "complete")
         return points
+
+    def sessions_with_commit(self, sha: str) -> list[dict[str, Any]]:
+        """Sessions during which a commit whose SHA starts with ``sha`` was made (``commits`` is a JSON list)."""
+        if not sha or any(c not in "0123456789abcdef" for c in sha.lower()):
+            return []
+        return self._query("SELECT * FROM sessions WHERE commits LIKE ? ORDER BY started, rowid",
+                           (f'%"{sha.lower()}%',))
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM runs WHERE status = 'running' ORDER BY started")

@@ -35,7 +35,9 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 def _with_duration(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "duration": _duration(row)}
+    from ralph.provenance import decode
+
+    return decode({**row, "duration": _duration(row)})
 
 
 def open_store(state_dir: Path) -> Store:
@@ -43,32 +45,43 @@ def open_store(state_dir: Path) -> Store:
     return store
 
 
-def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool) -> int:
+def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool,
+             commit: str | None = None) -> int:
     if not (state_dir / "ralph.db").exists():
         rows: list[dict[str, Any]] = []
     else:
         store = Store(state_dir)
         try:
             store.mark_abandoned()
-            rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
+            if commit is not None:
+                from ralph.changes import find_commit
+
+                rows = [_with_duration(r) for r in find_commit(store, Path.cwd(), commit)]
+            else:
+                rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
         finally:
             store.close()
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     if not rows:
+        if commit is not None:
+            print(f"no session made commit {commit}", file=sys.stderr)
+            return 1
         print(f"no sessions in {state_dir}", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost"):
-        table.add_column(col, no_wrap=col in ("session", "started"))
+    from ralph.provenance import compact
+
+    for col in ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost", "change"):
+        table.add_column(col, no_wrap=col in ("session", "started", "change"))
     for r in rows:
         cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else ""
         table.add_row(r["id"], r["title"], r["loop"], str(r["iteration"]), r.get("item") or "", r["status"],
-                      _when(r["started"]), _fmt_duration(r["duration"]), cost)
+                      _when(r["started"]), _fmt_duration(r["duration"]), cost, compact(r))
     console = Console(soft_wrap=False)
     if not console.is_terminal:
         console = Console(soft_wrap=False, width=240)  # piped: never squeeze IDs into ellipses
@@ -136,6 +149,9 @@ def _session_lines(s: dict[str, Any], indent: str) -> list[str]:
         extras.append(f"cost ${s['cost_usd']:.4f}")
     if extras:
         lines.append(f"{indent}  " + "  ".join(extras))
+    from ralph.provenance import show_lines
+
+    lines += [f"{indent}  {line}" for line in show_lines(s)]
     for t in s.get("steps", []):
         attempt = f" (attempt {t['attempt']})" if t["attempt"] > 1 else ""
         reason = f" [{t['reason']}]" if t.get("reason") else ""
