@@ -183,12 +183,11 @@ def change(repo: Repo, before: str, after: str, head_before: str | None, head_af
     ins = dels = 0
     if before != after:
         out = repo.run(["diff-tree", "-r", "-z", "--numstat", "--no-renames", before, after])
-        parts = out.split("\0")
-        for i in range(0, len(parts) - 1, 2):
-            added, deleted, _ = (parts[i].lstrip("\n") + "\t\t").split("\t", 2)
+        for entry in filter(None, out.split("\0")):  # "ADDED<TAB>DELETED<TAB>PATH" each
+            added, deleted, path = entry.split("\t", 2)
             ins += int(added) if added.isdigit() else 0  # "-" for a binary file
             dels += int(deleted) if deleted.isdigit() else 0
-            files.append(parts[i + 1])
+            files.append(path)
     commits: list[str] = []
     if head_after and head_after != head_before:
         span = [head_after] + ([f"^{head_before}"] if head_before else [])

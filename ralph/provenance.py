@@ -106,7 +106,8 @@ def compact(row: dict[str, Any]) -> str:
     """``+12 -3 2f`` for the sessions table; empty without a snapshot."""
     if row.get("files_changed") is None:
         return ""
-    commits = len(json.loads(row["commits"])) if row.get("commits") else 0
+    listed = row.get("commits") or []
+    commits = len(json.loads(listed) if isinstance(listed, str) else listed)
     return (f"+{row.get('insertions') or 0} -{row.get('deletions') or 0} {row['files_changed']}f"
             + (f" {commits}c" if commits else ""))
 
