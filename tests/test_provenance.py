@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gitrepo import git, head, make_repo, no_identity_env, refs
 from handshake import spans, wait_for
+
 from helpers import PY, ralph, write_loop, yaml_list
 
 # The stand-in agent: does what $PLAN says for its iteration (JSON: iteration -> list of actions).
@@ -225,7 +226,7 @@ def test_restore_sets_the_tree_to_a_session_and_prints_its_undo(tmp_path: Path) 
             "2": [["append", "a.txt", "second\n"], ["delete", "keep.txt"]]}
     loop = loop_file(tmp_path, repo, plan)
     ralph("run", str(loop), "-q")
-    first, second = sessions()
+    first, _second = sessions()
     head_before, index_before = head(repo), (repo / ".git" / "index").read_bytes()
     (repo / "scratch.txt").write_text("the user's own, after the run\n")
 
