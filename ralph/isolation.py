@@ -48,7 +48,7 @@ def describe(spec: LoopSpec, item: str, reason: str) -> str:
     return f"{reason}; branch {branch_name(spec, item)}" if isolated(spec) else reason
 
 
-def item_workdir(spec: LoopSpec, item: str) -> tuple[Path, str | None]:
+def item_workdir(spec: LoopSpec, item: str, must_exist: bool = True) -> tuple[Path, str | None]:
     if spec.workdir_template is None:
         return spec.workdir, None
     folder = Path(spec.workdir_template.replace("{item}", item))
@@ -57,7 +57,7 @@ def item_workdir(spec: LoopSpec, item: str) -> tuple[Path, str | None]:
         folder.relative_to(spec.workdir)
     except (OSError, RuntimeError, ValueError):
         return folder, f"the item's folder {folder} is outside {spec.workdir}"
-    if not folder.is_dir():
+    if must_exist and not folder.is_dir():
         return folder, f"the item's folder {folder} does not exist"
     return folder, None
 
@@ -68,7 +68,7 @@ def place(spec: LoopSpec, sv: Services, item: str | None) -> Iterator[tuple[Loop
     if item is None or (spec.workdir_template is None and not isolated(spec)):
         yield spec, sv, None
         return
-    workdir, problem = item_workdir(spec, item)
+    workdir, problem = item_workdir(spec, item, must_exist=not isolated(spec))  # isolated: on its branch
     if problem is not None or not isolated(spec):
         yield replace(spec, workdir=workdir), replace(sv, workdir=workdir), problem
         return
