@@ -29,4 +29,5 @@ class NoProgress:
         if len(self.streak) < self.limit:
             return None
         since = self.last_change or self.streak[0]
-        return f"no progress in {self.limit} iterations: nothing changed since {since}"
+        noun = "iteration" if self.limit == 1 else "iterations"
+        return f"no progress in {self.limit} {noun}: nothing changed since {since}"
