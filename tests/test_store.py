@@ -15,7 +15,7 @@ from handshake import PY, db_rows, wait_for
 
 from helpers import ralph, write_loop, yaml_list
 from ralph.errors import StateError
-from ralph.store import Store
+from ralph.store import SCHEMA_VERSION, Store
 
 
 def test_a_fresh_history_is_private_and_in_wal_mode(isolated: Path) -> None:
@@ -51,7 +51,8 @@ def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:
     store = Store(isolated)
     store.start_step(os.getpid(), session_id="ses_1", run_id="run_1", name="agent", kind="agent", attempt=1)
     store.close()
-    assert db_rows(isolated, "PRAGMA user_version") == [{"user_version": 2}]
+    assert db_rows(isolated, "PRAGMA user_version") == [{"user_version": SCHEMA_VERSION}]
+    assert db_rows(isolated, "SELECT files_changed, git_branch FROM sessions") == []  # version 3's columns
     rows = db_rows(isolated, "SELECT session_id, pid_start FROM steps ORDER BY id")
     assert rows[0] == {"session_id": "ses_old", "pid_start": None}
     assert rows[1]["pid_start"] is not None
