@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def _excludes(repo: Repo, exclude: list[Path]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _private_index(repo: Repo, temp_dir: Path | None, seed: bool = True):  # type: ignore[no-untyped-def]
+def _private_index(repo: Repo, temp_dir: Path | None, seed: bool = True) -> Iterator[dict[str, str]]:
     """A temporary index file, seeded with a copy of the user's (its stat data spares re-hashing)."""
     folder = temp_dir or Path(tempfile.gettempdir())
     fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=f"-{os.getpid()}", dir=folder)

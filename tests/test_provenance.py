@@ -328,3 +328,31 @@ def test_an_old_history_gains_the_git_columns(tmp_path: Path, isolated: Path) ->
     loop = loop_file(tmp_path, repo, {"1": [["append", "a.txt", "x\n"], ["done"]]})
     assert ralph("run", str(loop), "-q").returncode == 0
     assert sessions()[0]["files_changed"] == 1
+
+
+def test_a_timed_out_or_interrupted_iteration_still_records_its_change(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    started = tmp_path / "started"
+    plan = {"1": [["write", "half.txt", "half done\n"], ["wait", str(started), str(tmp_path / "never")]]}
+    script = tmp_path / "agent.py"
+    loop = loop_file(tmp_path, repo, plan)
+    text = loop.read_text().replace(f"  command: {yaml_list([PY, str(script)])}",
+                                    f"  command: {yaml_list([PY, str(script)])}\n  timeout: 1s")
+    loop.write_text(text)
+    result = ralph("run", str(loop), "-q")
+    assert result.returncode == 1, result.stderr
+    (timed_out,) = sessions()
+    assert timed_out["status"] == "timeout" and timed_out["changed_files"] == ["half.txt"]
+
+    started.unlink()
+    proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop_file(tmp_path, repo, plan)), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(started)
+    proc.send_signal(2)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    interrupted = [s for s in sessions() if s["status"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0]["git_after"] is not None
+    assert interrupted[0]["changed_files"] == []  # half.txt was already there before it
+    assert not (repo / ".git" / "index.lock").exists()
+    assert git(repo, "status", "--porcelain").split() == ["??", "half.txt"]
