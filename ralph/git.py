@@ -240,7 +240,8 @@ def restore(repo: Repo, target: str, current: str, temp_dir: Path | None = None)
 # -- worktrees --------------------------------------------------------------------------------------
 
 def safe_branch_part(text: str) -> str:
-    """A name git accepts as one part of a branch name (``git check-ref-format`` rules)."""
+    """A name git accepts as one part of a branch name (``git check-ref-format`` rules). An item that had
+    to be changed gets a short hash of itself, so ``web/ui`` and ``web-ui`` never share a branch."""
     out = []
     for ch in text:
         out.append(ch if (ch.isalnum() and ch.isascii()) or ch in "-_." else "-")
@@ -249,7 +250,12 @@ def safe_branch_part(text: str) -> str:
         name = name.replace("..", ".")
     if name.endswith(".lock"):
         name = name[:-5] + "-lock"
-    return name[:100]
+    name = name[:80]
+    if name != text:
+        import hashlib
+
+        name += "-" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return name
 
 
 def branch_exists(repo: Repo, branch: str) -> bool:

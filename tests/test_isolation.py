@@ -13,6 +13,7 @@ from gitrepo import git, head, make_repo
 from handshake import wait_for
 
 from helpers import PY, ralph, write_loop, yaml_list
+from ralph.git import safe_branch_part
 
 # Writes <item>.txt (a line per iteration), commits it when $COMMIT names the item, records its cwd,
 # waits at a barrier of marker files when $BARRIER is set (so parallel items really overlap).
@@ -89,20 +90,21 @@ def test_parallel_items_run_in_their_own_worktrees_and_leave_branches(tmp_path: 
     # Each agent ran in a worktree of its own, on its own branch.
     cwds = {json.loads(p.read_text())["cwd"] for p in (tmp_path / "out").glob("*.json")}
     assert len(cwds) == 2 and str(repo) not in cwds
-    assert "branch ralph/iso/api" in result.stdout and "branch ralph/iso/web-ui" in result.stdout
+    ui_branch = f"ralph/iso/{safe_branch_part('web/ui')}"
+    assert "branch ralph/iso/api" in result.stdout and f"branch {ui_branch}" in result.stdout
     api_log = git(repo, "log", "--format=%s", "ralph/iso/api").splitlines()
     assert api_log == ["agent: api", "initial"]  # committed by the agent: nothing left to commit
-    ui = git(repo, "log", "--format=%B", "-1", "ralph/iso/web-ui")
+    ui = git(repo, "log", "--format=%B", "-1", ui_branch)
     ui_session = next(s for s in sessions() if s["item"] == "web/ui")
     assert f"Ralph-Session: {ui_session['id']}" in ui and "Ralph-Loop: iso" in ui and "Ralph-Item: web/ui" in ui
-    assert git(repo, "show", "ralph/iso/web-ui:web/ui.txt") == "iteration 1 of web/ui\n"
-    assert ui_session["git_branch"] == "ralph/iso/web-ui"
+    assert git(repo, "show", f"{ui_branch}:web/ui.txt") == "iteration 1 of web/ui\n"
+    assert ui_session["git_branch"] == ui_branch
     assert len(json.loads(json.dumps(ui_session["commits"]))) == 1  # the commit of what it left
 
     # A second run continues each item's branch.
     again = ralph("run", str(loop), "-q")
     assert again.returncode == 0, again.stderr
-    assert git(repo, "show", "ralph/iso/web-ui:web/ui.txt") == "iteration 1 of web/ui\niteration 1 of web/ui\n"
+    assert git(repo, "show", f"{ui_branch}:web/ui.txt") == "iteration 1 of web/ui\niteration 1 of web/ui\n"
     assert git(repo, "status", "--porcelain") == "" and worktrees(repo) == [str(repo)]
 
 
