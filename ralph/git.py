@@ -264,6 +264,8 @@ def branch_exists(repo: Repo, branch: str) -> bool:
 
 def add_worktree(repo: Repo, path: Path, branch: str) -> None:
     """A worktree at ``path`` on ``branch`` (made from HEAD when new; continued when it exists)."""
+    # A killed `worktree add` leaves its entry locked ("initializing"), which prune would keep.
+    git(["worktree", "unlock", str(path)], repo.root, check=False)
     prune(repo)
     if path.exists():  # a half-made one from a killed run
         remove_worktree(repo, path)

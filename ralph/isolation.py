@@ -34,12 +34,13 @@ def isolated(spec: LoopSpec) -> bool:
 def prepare(spec: LoopSpec, sv: Services, parallel: int, items: int) -> None:
     """Once per run: what a killed run left behind, and the shared-checkout warning."""
     git.clean_temp(sv.state_dir / "tmp")
-    if isolated(spec):
+    if isolated(spec) or (sv.state_dir / "worktrees").is_dir():
         repo = git.find_repo(spec.workdir)
         if repo is not None:
             with _worktree_lock:
                 git.prune(repo)
-    elif parallel > 1 and items > 1 and git.find_repo(spec.workdir) is not None:
+                _sweep(repo, sv)
+    if not isolated(spec) and parallel > 1 and items > 1 and git.find_repo(spec.workdir) is not None:
         sv.console.warn(f"{min(parallel, items)} items run at once in the same git checkout; "
                         "batch.isolation: worktree gives each its own")
 
@@ -94,6 +95,22 @@ def place(spec: LoopSpec, sv: Services, item: str | None) -> Iterator[tuple[Loop
     finally:
         with _worktree_lock:
             _close(repo, tree, branch, sv, item)
+
+
+def _sweep(repo: git.Repo, sv: Services) -> None:
+    """Worktrees a killed run left (of any loop), when no other ralph is running on this state folder:
+    what they hold is committed on their branches (``ralph/<loop>/<folder>``), then they go."""
+    if any(r["id"] != sv.run_id for r in sv.store.running_runs()):
+        return
+    for loop_dir in sorted(p for p in (sv.state_dir / "worktrees").glob("*") if p.is_dir()):
+        for tree in sorted(p for p in loop_dir.iterdir() if p.is_dir()):
+            owner = git.find_repo(tree)
+            if owner is not None and owner.common_dir != repo.common_dir:
+                continue  # another repository's: its own runs clean it
+            try:
+                _finish_leftover(repo, tree, f"ralph/{loop_dir.name}/{tree.name}", sv)
+            except (git.GitError, OSError) as exc:
+                sv.console.warn(f"could not clean up the worktree {tree} a killed run left: {exc}")
 
 
 def _finish_leftover(repo: git.Repo, tree: Path, branch: str, sv: Services) -> None:

@@ -193,3 +193,26 @@ def test_interrupting_an_isolated_batch_commits_and_removes_the_worktree(tmp_pat
     assert proc.returncode == 130, out + err
     assert worktrees(repo) == [str(repo)] and git(repo, "status", "--porcelain") == ""
     assert git(repo, "show", "ralph/iso/x:x.txt") == "iteration 1 of x\n"
+
+
+def test_a_later_run_of_any_loop_cleans_the_worktrees_a_killed_run_left(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    hang = tmp_path / "hanging"
+    loop = batch_loop(tmp_path, repo, ["k"], extra_env={"HANG": str(hang)})
+    proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop), "-q"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(hang)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    other = tmp_path / "other"
+    other.mkdir()
+    plain = write_loop(other, f"""
+        name: plain
+        workdir: {repo}
+        agent: {{command: "true"}}
+        until: {{max_iterations: 1}}
+    """)
+    result = ralph("run", str(plain), "-q")
+    assert result.returncode == 0, result.stderr
+    assert worktrees(repo) == [str(repo)] and git(repo, "status", "--porcelain") == ""
+    assert git(repo, "show", "ralph/iso/k:k.txt") == "iteration 1 of k\n"
