@@ -50,7 +50,9 @@ def git(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None, inp
         raise GitError(f"cannot run git in {cwd}: {exc.strerror or exc}") from None
     if check and proc.returncode != 0:
         message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError(f"git {args[0]}: {message[-1] if message else f'exit {proc.returncode}'}")
+        command = next((a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-c")),
+                       "")
+        raise GitError(f"git {command}: {message[-1] if message else f'exit {proc.returncode}'}")
     return proc.stdout.decode("utf-8", "surrogateescape")
 
 
@@ -133,7 +135,8 @@ def write_tree(repo: Repo, exclude: list[Path], temp_dir: Path | None = None) ->
     """The tree of the work tree as it is now: tracked and untracked-but-not-ignored files."""
     with _private_index(repo, temp_dir) as env:
         specs = _excludes(repo, exclude)
-        repo.run(["add", "-A", "--ignore-errors", "--", ":/", *specs], extra_env=env)
+        # splitIndex off: a split private index would write a shared index file into the user's .git
+        repo.run(["-c", "core.splitIndex=false", "add", "-A", "--ignore-errors", "--", ":/", *specs], extra_env=env)
         for spec in specs:  # a state folder someone once committed stays out too
             repo.run(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", spec.replace("exclude,", "")],
                      extra_env=env)

@@ -102,6 +102,11 @@ def record(change: git.Change, after: str, head: str | None) -> dict[str, Any]:
             "commits": json.dumps(list(change.commits)), "changed_files": json.dumps(list(change.changed_files))}
 
 
+def compact_change(change: git.Change) -> str:
+    commits = f" {len(change.commits)}c" if change.commits else ""
+    return f"+{change.insertions} -{change.deletions} {change.files_changed}f{commits}"
+
+
 def compact(row: dict[str, Any]) -> str:
     """``+12 -3 2f`` for the sessions table; empty without a snapshot."""
     if row.get("files_changed") is None:

@@ -22,7 +22,7 @@ from ralph.interrupt import CancelToken, handle_signals
 from ralph.judge import NoProgress
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
-from ralph.provenance import Provenance
+from ralph.provenance import Provenance, compact_change
 from ralph.runlog import RunLog
 from ralph.scan import StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
@@ -174,6 +174,8 @@ class ItemLoop:
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
         sv.runlog.info(f"iteration {status}", session, span, status=status)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
+        if change is not None:  # what it did to the code, as `ralph sessions` shows it
+            detail = " · ".join(filter(None, (detail, compact_change(change))))
         sv.console.iteration_end(session, status, detail)
         return IterationResult(session.id, status, report.cost_usd, change)
 

@@ -284,6 +284,7 @@ def test_no_progress_stops_after_n_unchanged_iterations(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     rows = sessions()
     assert len(rows) == 4  # 2 nothing, 3 wrote the same content again, 4 nothing: three in a row
+    assert "iteration 1 ok · +1 -0 1f" in result.stdout and "iteration 2 ok · +0 -0 0f" in result.stdout
     last = result.stdout.strip().splitlines()[-1]
     assert f"no progress in 3 iterations: nothing changed since {rows[0]['id']}" in last, last
 
