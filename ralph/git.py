@@ -273,10 +273,11 @@ def add_worktree(repo: Repo, path: Path, branch: str) -> None:
     if path.exists():  # a half-made one from a killed run
         remove_worktree(repo, path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    no_hooks = ["-c", "core.hooksPath=/dev/null"]  # the user's post-checkout hook is for their checkouts
     if branch_exists(repo, branch):
-        repo.run(["worktree", "add", "--quiet", str(path), branch])
+        repo.run([*no_hooks, "worktree", "add", "--quiet", str(path), branch])
     else:
-        repo.run(["worktree", "add", "--quiet", "-b", branch, str(path), "HEAD"])
+        repo.run([*no_hooks, "worktree", "add", "--quiet", "-b", branch, str(path), "HEAD"])
 
 
 def remove_worktree(repo: Repo, path: Path) -> None:

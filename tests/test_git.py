@@ -143,9 +143,10 @@ def test_a_users_index_lock_does_not_stop_a_snapshot_and_stays_theirs(tmp_path: 
 
 def test_leftovers_are_committed_on_the_branch_without_hooks(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")
-    hook = repo / ".git" / "hooks" / "pre-commit"
-    hook.write_text("#!/bin/sh\ntouch \"$GIT_DIR/../hook-ran\"\nexit 1\n")
-    os.chmod(hook, 0o755)
+    for name in ("pre-commit", "post-checkout", "post-commit"):
+        hook = repo / ".git" / "hooks" / name
+        hook.write_text(f"#!/bin/sh\ntouch {tmp_path}/hook-ran-{name}\nexit 1\n")
+        os.chmod(hook, 0o755)
     r = repo_at(repo)
     tree = tmp_path / "wt"
     git.add_worktree(r, tree, "ralph/l/item")
@@ -154,7 +155,7 @@ def test_leftovers_are_committed_on_the_branch_without_hooks(tmp_path: Path) -> 
     assert sha == run_git(repo, "rev-parse", "ralph/l/item").strip()
     assert git.commit_leftovers(repo_at(tree), "ralph/l/item", "left", {}) is None  # nothing new
     git.remove_worktree(r, tree)
-    assert not tree.exists() and not (repo / "hook-ran").exists()
+    assert not tree.exists() and not list(tmp_path.glob("hook-ran-*"))
     assert run_git(repo, "show", "ralph/l/item:made.txt") == "m\n"
 
 

@@ -357,3 +357,11 @@ def test_a_timed_out_or_interrupted_iteration_still_records_its_change(tmp_path:
     assert interrupted[0]["changed_files"] == []  # half.txt was already there before it
     assert not (repo / ".git" / "index.lock").exists()
     assert git(repo, "status", "--porcelain").split() == ["??", "half.txt"]
+
+
+def test_the_schema_shows_the_git_keys() -> None:
+    result = ralph("schema")
+    schema = json.loads(result.stdout)
+    assert schema["properties"]["git"]["default"] == {"snapshots": True}
+    assert "no_progress" in schema["$defs"]["Until"]["properties"]
+    assert schema["$defs"]["Batch"]["properties"]["isolation"]["enum"] == ["none", "worktree"]
