@@ -82,6 +82,13 @@ def find_repo(folder: Path) -> Repo | None:
     return Repo(root, git_dir, common.resolve())
 
 
+def missing_in_repo(folder: Path) -> bool:
+    """git is not on PATH, yet ``folder`` looks like part of a repository (a ``.git`` above it)."""
+    if shutil.which("git") is not None:
+        return False
+    return any((parent / ".git").exists() for parent in (folder, *folder.parents))
+
+
 def head(repo: Repo) -> str | None:
     out = git(["rev-parse", "-q", "--verify", "HEAD^{commit}"], repo.root, check=False).strip()
     return out or None

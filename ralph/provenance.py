@@ -47,6 +47,8 @@ class Provenance:
         self.sv = sv
         self.repo = git.find_repo(workdir) if enabled else None
         self.temp = sv.state_dir / "tmp"
+        if enabled and self.repo is None and git.missing_in_repo(workdir):
+            self._fail("git is not installed", git.GitError("not found on PATH"))
 
     @property
     def active(self) -> bool:

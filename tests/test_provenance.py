@@ -203,8 +203,9 @@ def test_git_missing_warns_once_and_the_loop_runs_on(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
     result = ralph("run", str(loop), "-q", env={"PATH": str(empty)})
-    # git is not on PATH at all: ralph finds no repository and the loop runs without snapshots.
+    # git is not on PATH at all, in a repository: one warning, and the loop runs without snapshots.
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("git snapshots are off for this run: git is not installed") == 1, result.stderr
     assert all(s["git_after"] is None for s in sessions())
 
 
