@@ -42,6 +42,8 @@ def diff(state_dir: Path, ident: str, stat: bool, paths: list[str]) -> int:
     if here is not None and row.get("git_dir") and here.common_dir == Path(row["git_dir"]):
         folder = Path.cwd()  # paths given relative to where the user stands, as git diff takes them
     try:
+        if not paths and row.get("git_scope"):  # a monorepo item's session: its own folder
+            paths = [f":(top,literal){row['git_scope']}"]
         code = git.diff(folder, before, after, stat, paths)
     except git.GitError as exc:
         raise RalphError(str(exc)) from None

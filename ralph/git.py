@@ -189,11 +189,15 @@ class Change:
         return bool(self.changed_files or self.commits)
 
 
-def change(repo: Repo, before: str, after: str, head_before: str | None, head_after: str | None) -> Change:
+def change(repo: Repo, before: str, after: str, head_before: str | None, head_after: str | None,
+           scope: str | None = None) -> Change:
+    """What changed from one snapshot to the other, and the commits made on HEAD in between; with
+    ``scope`` (a folder, from the top) only what concerns it."""
     files: list[str] = []
     ins = dels = 0
+    only = ["--", f":(top,literal){scope}"] if scope else []
     if before != after:
-        out = repo.run(["diff-tree", "-r", "-z", "--numstat", "--no-renames", before, after])
+        out = repo.run(["diff-tree", "-r", "-z", "--numstat", "--no-renames", before, after, *only])
         for entry in filter(None, out.split("\0")):  # "ADDED<TAB>DELETED<TAB>PATH" each
             added, deleted, path = entry.split("\t", 2)
             ins += int(added) if added.isdigit() else 0  # "-" for a binary file
@@ -202,7 +206,7 @@ def change(repo: Repo, before: str, after: str, head_before: str | None, head_af
     commits: list[str] = []
     if head_after and head_after != head_before:
         span = [head_after] + ([f"^{head_before}"] if head_before else [])
-        out = repo.run(["rev-list", "--reverse", "--max-count=1000", *span], check=False)
+        out = repo.run(["rev-list", "--reverse", "--max-count=1000", *span, *only], check=False)
         commits = out.split()
     return Change(len(files), ins, dels, tuple(files), tuple(commits))
 

@@ -43,10 +43,15 @@ def trailers(session: Session, trace_id: str | None) -> dict[str, str]:
 class Provenance:
     """Snapshots for one item's loop (or the only loop) in ``workdir``; inert when off or outside git."""
 
-    def __init__(self, sv: Services, workdir: Path, enabled: bool) -> None:
+    def __init__(self, sv: Services, workdir: Path, enabled: bool, scoped: bool = False) -> None:
         self.sv = sv
         self.repo = git.find_repo(workdir) if enabled else None
         self.temp = sv.state_dir / "tmp"
+        # `workdir: services/{item}`: an item's change is what it did in its own folder, not its neighbours'
+        self.scope = None
+        if scoped and self.repo is not None:
+            rel = workdir.resolve().relative_to(self.repo.root.resolve()).as_posix()
+            self.scope = None if rel == "." else rel
         if enabled and self.repo is None and git.missing_in_repo(workdir):
             self._fail("git is not installed", git.GitError("not found on PATH"))
 
@@ -77,7 +82,7 @@ class Provenance:
         try:
             sha, head = self._snapshot(session, span, "before")
             self.sv.store.update_session(session.id, git_before=sha, git_dir=str(self.repo.common_dir),
-                                         git_root=str(self.repo.root))
+                                         git_root=str(self.repo.root), git_scope=self.scope)
         except (git.GitError, OSError) as exc:
             self._fail("the snapshot before the iteration failed", exc)
             return None
@@ -88,7 +93,7 @@ class Provenance:
             return None
         try:
             sha, head = self._snapshot(session, span, "after")
-            change = git.change(self.repo, before.snapshot, sha, before.head, head)
+            change = git.change(self.repo, before.snapshot, sha, before.head, head, self.scope)
         except (git.GitError, OSError) as exc:
             self._fail("the snapshot after the iteration failed", exc)
             return None
@@ -127,7 +132,8 @@ def show_lines(row: dict[str, Any]) -> list[str]:
     files = row.get("changed_files") or []
     lines = [f"git: {row.get('files_changed') or 0} file(s) changed, +{row.get('insertions') or 0} "
              f"-{row.get('deletions') or 0}" + (f", {len(commits)} commit(s)" if commits else "")
-             + (f"  branch {row['git_branch']}" if row.get("git_branch") else ""),
+             + (f"  branch {row['git_branch']}" if row.get("git_branch") else "")
+             + (f"  in {row['git_scope']}/" if row.get("git_scope") else ""),
              f"  snapshots {row.get('git_before')} -> {row['git_after']}  (ralph diff {row['id']})"]
     if commits:
         lines.append("  commits " + " ".join(c[:12] for c in commits))

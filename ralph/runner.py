@@ -78,7 +78,7 @@ class ItemLoop:
         self.resume = resume
         self.first_iteration = resume.last_iteration + 1 if resume else 1
         self.previous_id = resume.last_session_id if resume else None
-        self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots)
+        self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots, spec.workdir_template is not None)
         no_progress = spec.config.until.no_progress
         self.progress = NoProgress(no_progress) if no_progress else None
 

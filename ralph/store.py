@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
     tokens_out INTEGER, cost_usd REAL, reason TEXT, files_changed INTEGER, insertions INTEGER,
     deletions INTEGER, commits TEXT, changed_files TEXT, git_before TEXT, git_after TEXT, git_head TEXT,
-    git_dir TEXT, git_root TEXT, git_branch TEXT
+    git_dir TEXT, git_root TEXT, git_branch TEXT, git_scope TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
@@ -53,7 +53,8 @@ MIGRATIONS = {
     # git provenance (issue 12): what each session changed, its snapshots, its worktree branch
     3: "".join(f"ALTER TABLE sessions ADD COLUMN {c};" for c in (
         "files_changed INTEGER", "insertions INTEGER", "deletions INTEGER", "commits TEXT", "changed_files TEXT",
-        "git_before TEXT", "git_after TEXT", "git_head TEXT", "git_dir TEXT", "git_root TEXT", "git_branch TEXT")),
+        "git_before TEXT", "git_after TEXT", "git_head TEXT", "git_dir TEXT", "git_root TEXT", "git_branch TEXT",
+        "git_scope TEXT")),
 }
 FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
 # Iterations that ran to their end: what a resumed run counts against max_iterations.

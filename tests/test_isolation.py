@@ -31,6 +31,8 @@ if item in e.get("COMMIT", "").split(","):
     ident = ["-c", "user.name=Agent", "-c", "user.email=agent@example.com"]
     subprocess.run(["git", *ident, "add", "-A"], check=True)
     subprocess.run(["git", *ident, "commit", "-q", "-m", f"agent: {item}"], check=True)
+if e.get("OUTSIDE"):  # also touch something outside the item's folder
+    pathlib.Path("..", f"outside-{flat}.txt").write_text("elsewhere\n")
 barrier = e.get("BARRIER")
 if barrier:
     folder = pathlib.Path(barrier); folder.mkdir(parents=True, exist_ok=True)
@@ -216,3 +218,15 @@ def test_a_later_run_of_any_loop_cleans_the_worktrees_a_killed_run_left(tmp_path
     assert result.returncode == 0, result.stderr
     assert worktrees(repo) == [str(repo)] and git(repo, "status", "--porcelain") == ""
     assert git(repo, "show", "ralph/iso/k:k.txt") == "iteration 1 of k\n"
+
+
+def test_a_monorepo_items_change_is_what_it_did_in_its_own_folder(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"services/api/main.py": "x\n"})
+    loop = batch_loop(tmp_path, repo, ["api"], isolation="none", workdir=f"{repo}/services/{{item}}",
+                      extra_env={"OUTSIDE": "1"})
+    assert ralph("run", str(loop), "-q").returncode == 0
+    (api,) = sessions()
+    assert api["changed_files"] == ["services/api/api.txt"] and api["git_scope"] == "services/api"
+    patch = ralph("diff", str(api["id"]))
+    assert "services/api/api.txt" in patch.stdout and "outside-api" not in patch.stdout
+    assert "outside-api.txt" in ralph("diff", str(api["id"]), "--", ".", cwd=repo).stdout

@@ -322,7 +322,7 @@ def test_an_old_history_gains_the_git_columns(tmp_path: Path, isolated: Path) ->
 
     isolated.mkdir(parents=True)
     db = sqlite3.connect(isolated / "ralph.db")
-    db.executescript(re.sub(r", files_changed INTEGER.*?git_branch TEXT", "", SCHEMA, flags=re.S))  # version 2
+    db.executescript(re.sub(r", files_changed INTEGER.*?git_scope TEXT", "", SCHEMA, flags=re.S))  # version 2
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
