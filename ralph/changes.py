@@ -74,9 +74,10 @@ def restore(state_dir: Path, ident: str, before: bool) -> int:
     if row is not None:
         target = _snapshots(row)[0 if before else 1]
         folder = Path(row["git_root"]) if row.get("git_root") else None
-        label = f"the state {'before' if before else 'after'} session {row['id']}"
+        scope = row.get("git_scope")  # a monorepo item's session: its own folder only
+        label = f"the state {'before' if before else 'after'} session {row['id']}" + (f" in {scope}/" if scope else "")
     elif _is_sha(ident):  # the undo of a restore: the snapshot it took first
-        target, folder, label = ident, None, f"snapshot {ident}"
+        target, folder, label, scope = ident, None, f"snapshot {ident}", None
     else:
         raise RalphError(f"no session {ident!r} in {state_dir / 'ralph.db'}")
     repo = git.find_repo(folder if folder is not None and folder.is_dir() else Path.cwd())
@@ -92,7 +93,7 @@ def restore(state_dir: Path, ident: str, before: bool) -> int:
         current, _ = git.snapshot(repo, [state_dir], f"ralph: before restoring {label}",
                                   {"Ralph-Restore": target}, temp)
         git.update_refs(repo, {f"{git.REF_PREFIX}restores/{now}-{current[:12]}": current})
-        count = git.restore(repo, resolved, current, temp)
+        count = git.restore(repo, resolved, current, temp, scope)
     except git.GitError as exc:
         raise RalphError(str(exc)) from None
     print(f"restored {label}: {count} file(s) changed in {repo.root}")

@@ -226,10 +226,11 @@ def diff(repo_dir: Path, before: str, after: str, stat: bool, paths: list[str]) 
         raise GitError("git is not installed (not found on PATH)") from None
 
 
-def restore(repo: Repo, target: str, current: str, temp_dir: Path | None = None) -> int:
-    """Make the work tree's files those of ``target`` (a snapshot), given ``current`` (a snapshot of
-    them now). Only files differ afterwards: HEAD, branch and index stay as they are."""
-    out = repo.run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", current, target])
+def restore(repo: Repo, target: str, current: str, temp_dir: Path | None = None, scope: str | None = None) -> int:
+    """Make the work tree's files (under ``scope``, else all) those of ``target`` (a snapshot), given
+    ``current`` (a snapshot of them now). Only files differ afterwards: HEAD, branch and index stay."""
+    only = ["--", f":(top,literal){scope}"] if scope else []
+    out = repo.run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", current, target, *only])
     parts = out.split("\0")
     remove: list[str] = []
     write: list[str] = []

@@ -230,3 +230,9 @@ def test_a_monorepo_items_change_is_what_it_did_in_its_own_folder(tmp_path: Path
     patch = ralph("diff", str(api["id"]))
     assert "services/api/api.txt" in patch.stdout and "outside-api" not in patch.stdout
     assert "outside-api.txt" in ralph("diff", str(api["id"]), "--", ".", cwd=repo).stdout
+    (repo / "services/api/api.txt").write_text("edited after\n")
+    (repo / "top.txt").write_text("the user's, elsewhere\n")
+    restored = ralph("restore", str(api["id"]), "--before", cwd=repo)
+    assert restored.returncode == 0 and "in services/api/" in restored.stdout, restored.stderr
+    assert not (repo / "services/api/api.txt").exists()
+    assert (repo / "top.txt").exists() and (repo / "services/outside-api.txt").exists()
