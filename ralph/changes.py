@@ -16,6 +16,8 @@ def _store(state_dir: Path) -> Store:
 
 
 def _snapshots(row: dict[str, Any]) -> tuple[str, str]:
+    if row.get("git_before") and not row.get("git_after"):
+        raise RalphError(f"session {row['id']} has no snapshot after it ({row['status']}: it may still be running)")
     if not row.get("git_before") or not row.get("git_after"):
         raise RalphError(f"session {row['id']} has no git snapshots (not a git repository, or snapshots were off)")
     return row["git_before"], row["git_after"]

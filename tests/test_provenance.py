@@ -265,6 +265,9 @@ def test_restore_refuses_while_a_loop_runs_in_the_folder(tmp_path: Path) -> None
         assert refused.returncode == 1
         assert "a loop is running in this folder" in refused.stderr
         assert (repo / "a.txt").read_text() == "one\ntwo\nx\nx\n"
+        (running,) = [s for s in sessions() if s["status"] == "running"]
+        early = ralph("diff", str(running["id"]))
+        assert early.returncode == 1 and "may still be running" in early.stderr
     finally:
         go.touch()
         proc.communicate(timeout=60)
