@@ -87,9 +87,14 @@ def place(spec: LoopSpec, sv: Services, item: str | None) -> Iterator[tuple[Loop
         yield spec, sv, f"cannot make a worktree for branch {branch}: {exc}"
         return
     try:
-        inside = tree / workdir.relative_to(repo.root)
+        try:
+            rel = workdir.resolve().relative_to(repo.root.resolve())
+        except ValueError:
+            yield spec, sv, f"the item's folder {workdir} is not inside {repo.root}"
+            return
+        inside = tree / rel
         if not inside.is_dir():
-            yield spec, sv, f"the item's folder {workdir.relative_to(repo.root)} does not exist on branch {branch}"
+            yield spec, sv, f"the item's folder {rel} does not exist on branch {branch}"
             return
         yield replace(spec, workdir=inside), replace(sv, workdir=inside), None
     finally:

@@ -50,8 +50,9 @@ class Provenance:
         # `workdir: services/{item}`: an item's change is what it did in its own folder, not its neighbours'
         self.scope = None
         if scoped and self.repo is not None:
-            rel = workdir.resolve().relative_to(self.repo.root.resolve()).as_posix()
-            self.scope = None if rel == "." else rel
+            with contextlib.suppress(ValueError):
+                rel = workdir.resolve().relative_to(self.repo.root.resolve()).as_posix()
+                self.scope = None if rel == "." else rel
         if enabled and self.repo is None and git.missing_in_repo(workdir):
             self._fail("git is not installed", git.GitError("not found on PATH"))
 

@@ -3,6 +3,7 @@ user's git config nor ralph's fallback identity is needed to set them up."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -43,3 +44,17 @@ def refs(repo: Path, prefix: str = "refs/ralph/") -> list[str]:
 
 def head(repo: Path) -> str:
     return git(repo, "rev-parse", "HEAD").strip()
+
+
+def drop_session_refs(folder: Path, state: Path) -> None:
+    """Tests that run a shipped loop in this checkout drop the snapshot refs its sessions made, so
+    the test suite leaves no refs in the developer's repository."""
+    import sqlite3
+
+    if not (state / "ralph.db").exists():
+        return
+    with contextlib.closing(sqlite3.connect(state / "ralph.db")) as db:
+        ids = [row[0] for row in db.execute("SELECT id FROM sessions WHERE git_before IS NOT NULL")]
+    lines = "".join(f"delete refs/ralph/sessions/{i}/{which}\n" for i in ids for which in ("before", "after"))
+    if lines:
+        subprocess.run(["git", "update-ref", "--stdin"], cwd=folder, input=lines, text=True, check=False)

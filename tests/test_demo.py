@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+
+from gitrepo import drop_session_refs
 
 from helpers import ROOT, ralph
 
@@ -31,8 +34,7 @@ def _snapshots_of_a_git_checkout(sessions: list[dict[str, object]]) -> None:
     if inside.stdout.strip() != "true":
         return
     assert all(s["git_before"] and s["git_after"] for s in sessions)
-    refs = "".join(f"delete refs/ralph/sessions/{s['id']}/{which}\n" for s in sessions for which in ("before", "after"))
-    subprocess.run(["git", "update-ref", "--stdin"], cwd=ROOT, input=refs, text=True, check=True)
+    drop_session_refs(ROOT, Path(os.environ["RALPH_STATE_DIR"]))
 
 
 def test_python_dash_m_works() -> None:
