@@ -236,3 +236,16 @@ def test_a_monorepo_items_change_is_what_it_did_in_its_own_folder(tmp_path: Path
     assert restored.returncode == 0 and "in services/api/" in restored.stdout, restored.stderr
     assert not (repo / "services/api/api.txt").exists()
     assert (repo / "top.txt").exists() and (repo / "services/outside-api.txt").exists()
+
+
+def test_parallel_items_in_one_checkout_snapshot_side_by_side(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    loop = batch_loop(tmp_path, repo, ["p", "q", "r"], parallel=3, isolation="none",
+                      extra_env={"BARRIER": str(tmp_path / "barrier"), "BARRIER_SIZE": "3"})
+    result = ralph("run", str(loop), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("warning") == 1 and "same git checkout" in result.stderr
+    rows = sessions()
+    assert len(rows) == 3 and all(r["git_before"] and r["git_after"] for r in rows)
+    assert all(f"{r['item']}.txt" in r["changed_files"] for r in rows)
+    assert not (repo / ".git" / "index.lock").exists() and head(repo) == git(repo, "rev-parse", "main").strip()
