@@ -151,7 +151,7 @@ def write_tree(repo: Repo, exclude: list[Path], temp_dir: Path | None = None) ->
 
 
 def commit_tree(repo: Repo, tree: str, parents: list[str], message: str) -> str:
-    args = ["commit-tree", tree]
+    args = ["commit-tree", "--no-gpg-sign", tree]  # a user's commit.gpgSign would ask for a passphrase
     for parent in parents:
         args += ["-p", parent]
     return repo.run(args, extra_env=IDENTITY, input=message.encode("utf-8")).strip()

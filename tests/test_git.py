@@ -189,3 +189,11 @@ def test_no_progress_counts_unchanged_iterations_in_a_row() -> None:
     assert judge.observe("s7", same) == "no progress in 2 iterations: nothing changed since s3"
     fresh = NoProgress(1)
     assert fresh.observe("t1", same) == "no progress in 1 iteration: nothing changed since t1"
+
+
+def test_a_users_signing_config_does_not_stop_a_snapshot(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r")
+    run_git(repo, "config", "commit.gpgSign", "true")
+    run_git(repo, "config", "gpg.program", str(tmp_path / "no-such-gpg"))
+    sha, _ = git.snapshot(repo_at(repo), [], "s", {})
+    assert "gpgsig" not in run_git(repo, "cat-file", "commit", sha)
