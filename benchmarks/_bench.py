@@ -118,6 +118,8 @@ def loop_file(folder: Path, name: str, command: Sequence[str], iterations: int, 
               until: str = "", file: str = "loop.yaml") -> Path:
     """``folder/file``: ``command`` as the agent (exec'd, no shell) for ``iterations``; ``until``
     adds lines to the until: section."""
-    head = f"name: {name}\n" + (f"title: '{title}'\n" if title else "")
+    # workdir: the scratch folder, outside any git checkout: these measure the loop, and benchmarks/run
+    # starts in this repository, where every iteration would also take git snapshots (bench_git.py's job)
+    head = f"name: {name}\nworkdir: .\n" + (f"title: '{title}'\n" if title else "")
     return write(folder / file, f"{head}agent:\n  command: {list(command)!r}\n"
                  f"until:\n  max_iterations: {iterations}\n{until}")

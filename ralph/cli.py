@@ -111,13 +111,15 @@ def sessions(
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run's sessions (ID or prefix).")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    commit: Annotated[str | None, typer.Option("--commit", help="The session during which this commit (SHA, "
+                                               "full or short) was made.")] = None,
     state_dir: StateDir = None,
     db: DbOpt = None,
 ) -> None:
     """Session history, newest first."""
     from ralph import views
 
-    _finish(guard(lambda: views.sessions(_state(state_dir, db), loop, run_id, limit, json_out),
+    _finish(guard(lambda: views.sessions(_state(state_dir, db), loop, run_id, limit, json_out, commit),
                   lambda: _state(state_dir, db)))
 
 
@@ -146,6 +148,34 @@ def logs(
     from ralph import views
 
     _finish(guard(lambda: views.logs(_state(state_dir, db), session, step, follow), lambda: _state(state_dir, db)))
+
+
+@app.command()
+def diff(
+    session: Annotated[str, typer.Argument(metavar="SESSION", help="Session ID or unique prefix.")],
+    paths: Annotated[list[str] | None, typer.Argument(metavar="[-- PATH...]", help="Only these paths.")] = None,
+    stat: Annotated[bool, typer.Option("--stat", help="A diffstat instead of the patch.")] = False,
+    state_dir: StateDir = None,
+    db: DbOpt = None,
+) -> None:
+    """What the session changed in the working tree, as git's unified diff."""
+    from ralph import changes
+
+    _finish(guard(lambda: changes.diff(_state(state_dir, db), session, stat, list(paths or ())),
+                  lambda: _state(state_dir, db)))
+
+
+@app.command()
+def restore(
+    session: Annotated[str, typer.Argument(metavar="SESSION", help="Session ID or prefix (or a snapshot SHA).")],
+    before: Annotated[bool, typer.Option("--before", help="The state before the session (default: after).")] = False,
+    state_dir: StateDir = None,
+    db: DbOpt = None,
+) -> None:
+    """Set the working tree to the snapshot after (or before) a session; prints how to undo it."""
+    from ralph import changes
+
+    _finish(guard(lambda: changes.restore(_state(state_dir, db), session, before), lambda: _state(state_dir, db)))
 
 
 @app.command(context_settings={"allow_interspersed_args": False})

@@ -200,6 +200,8 @@ class Until(Model):
     command_succeeds: Command | None = None
     max_consecutive_failures: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
+    no_progress: int | None = Field(None, ge=1, description="stop after N iterations that changed nothing "
+                                    "in the working tree (git snapshots; commits count as change)")
 
     @property
     def has_success_condition(self) -> bool:
@@ -213,6 +215,8 @@ class Batch(Model):
     parallel: int = Field(1, ge=1, le=256)
     lease: Duration = Field(60.0, gt=0, description="with a PostgreSQL history, how long a host's claim on an "
                             "item lasts without renewal (renewed while it runs) before another host may take it over")
+    isolation: Literal["none", "worktree"] = Field(
+        "none", description="worktree: each item in its own git worktree on branch ralph/<loop>/<item>")
 
     @model_validator(mode="after")
     def _one_source(self) -> Batch:
@@ -241,16 +245,23 @@ class Telemetry(Model):
         "spans (like OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true, which wins when set)")
 
 
+class Git(Model):
+    snapshots: bool = Field(True, description="in a git work tree, snapshot it before and after every "
+                            "iteration under refs/ralph/ (never touching HEAD, index or files)")
+
+
 class LoopFile(Model):
     name: str = Field(pattern=NAME_RE, max_length=100)
     title: str | None = Field(None, description="session title template")
-    workdir: str | None = Field(None, description="relative to this file; default: the current folder")
+    workdir: str | None = Field(None, description="relative to this file; default: the current folder; "
+                                "{item} gives each batch item its own folder")
     env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     agent: Agent
     steps: Steps = Steps()
     until: Until = Until()
     batch: Batch | None = None
     telemetry: Telemetry = Telemetry()
+    git: Git = Git()
 
     @field_validator("title")
     @classmethod
@@ -264,6 +275,14 @@ class LoopFile(Model):
                 raise ValueError("the title is empty")
         return value
 
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None) -> str | None:
+        if value is not None:
+            bad = [p for p in PLACEHOLDER_RE.findall(value) if p != "item"]
+            if bad:
+                raise ValueError(f"unknown placeholder {{{bad[0]}}} in workdir (only {{item}} is known here)")
+        return value
 
 
 def json_schema() -> dict[str, Any]:

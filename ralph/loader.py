@@ -37,6 +37,7 @@ class LoopSpec:
     workdir: Path
     prompt: str | None
     marks: Mapping[Loc, Mark] = field(default_factory=dict, repr=False, compare=False)
+    workdir_template: str | None = None  # `workdir` with {item}, absolute; `workdir` is then its parent folder
 
     def error(self, key: str, message: str) -> ConfigError:
         """A problem found after loading (a missing agent binary, an unreadable items file), still
@@ -283,8 +284,16 @@ def _resolve(file: Path, config: LoopFile, cwd: Path | None, fail: Callable[[Loc
     base = file.resolve().parent
     cwd = cwd or Path.cwd()
     workdir = (base / config.workdir).resolve() if config.workdir else cwd.resolve()
+    template = None
+    if config.workdir and "{item}" in config.workdir:  # each batch item in its own folder
+        if config.batch is None:
+            raise fail(("workdir",), "{item} in workdir needs a batch")
+        template = str(base / config.workdir)
+        prefix = config.workdir.split("{item}", 1)[0]
+        workdir = (base / prefix).resolve() if prefix.endswith("/") else (base / prefix).parent.resolve()
     if not workdir.is_dir():
         raise fail(("workdir",), f"the folder {workdir} does not exist")
+    _check_git(config, workdir, fail)
     prompt = config.agent.prompt
     if config.agent.prompt_file is not None:
         prompt_path = base / config.agent.prompt_file
@@ -301,7 +310,24 @@ def _resolve(file: Path, config: LoopFile, cwd: Path | None, fail: Callable[[Loc
         items_path = base / config.batch.items_file
         if not items_path.is_file():
             raise fail(("batch", "items_file"), f"no such file: {items_path}")
-    return LoopSpec(path=file, config=config, workdir=workdir, prompt=prompt)
+    return LoopSpec(path=file, config=config, workdir=workdir, prompt=prompt, workdir_template=template)
+
+
+def _check_git(config: LoopFile, workdir: Path, fail: Callable[[Loc, str], ConfigError]) -> None:
+    """Keys that only mean something in a git work tree fail at their own line outside one."""
+    wanted: list[Loc] = []
+    if config.until.no_progress is not None:
+        wanted.append(("until", "no_progress"))
+    if config.batch is not None and config.batch.isolation == "worktree":
+        wanted.append(("batch", "isolation"))
+    if not wanted:
+        return
+    from ralph import git
+
+    if git.find_repo(workdir) is None:
+        raise fail(wanted[0], f"needs a git work tree, and {workdir} is not in one")
+    if config.until.no_progress is not None and not config.git.snapshots:
+        raise fail(("until", "no_progress"), "needs git snapshots, and git.snapshots is false")
 
 
 def resolve_relative(spec: LoopSpec, name: str) -> Path:

@@ -11,15 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import batch as batching
-from ralph import semconv, telemetry
+from ralph import isolation, semconv, telemetry
 from ralph.agents import get_preset
 from ralph.agents.base import AgentContext, AgentReport, Preset, StreamParser
 from ralph.config import Step
 from ralph.console import Console, LineSplitter, make_console
 from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
+from ralph.git import Change
 from ralph.interrupt import CancelToken, handle_signals
+from ralph.judge import NoProgress
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
+from ralph.provenance import Provenance, compact_change
 from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
 from ralph.scan import StreamMatcher
@@ -47,6 +50,7 @@ class IterationResult:
     session_id: str
     status: str  # complete | ok | failed | timeout | interrupted
     cost: float | None
+    change: Change | None = None  # what it changed in the git work tree (None: no snapshots)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class LoopResult:
     reason: str
     iterations: int
     succeeded: bool  # this item counts as a success for the exit code
+    stop_reason: str | None = None
 
 
 @dataclass
@@ -76,6 +81,9 @@ class ItemLoop:
         self.resume = resume
         self.first_iteration = resume.last_iteration + 1 if resume else 1
         self.previous_id = resume.last_session_id if resume else None
+        self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots, spec.workdir_template is not None)
+        no_progress = spec.config.until.no_progress
+        self.progress = NoProgress(no_progress) if no_progress else None
 
     def run(self) -> LoopResult:
         until = self.spec.config.until
@@ -110,6 +118,9 @@ class ItemLoop:
             if not self.spec.workdir.is_dir():  # nothing can run any more: say so once, not per iteration
                 return self._result("failed", f"the working folder {self.spec.workdir} no longer exists", done,
                                     False)
+            stop = self.progress.observe(result.session_id, result.change) if self.progress else None
+            if stop:
+                return self._result("failed", stop, done, False, "no_progress")
             last_ok = result.status == "ok"
             failures = 0 if last_ok else failures + 1
             if until.max_consecutive_failures and failures >= until.max_consecutive_failures:
@@ -120,8 +131,9 @@ class ItemLoop:
     # A shared batch's item: true once another host took it over (this one could not renew its lease).
     taken_over: Callable[[], bool] | None = None
 
-    def _result(self, status: str, reason: str, iterations: int, ok: bool) -> LoopResult:
-        return LoopResult(self.item, status, reason, iterations, ok)
+    def _result(self, status: str, reason: str, iterations: int, ok: bool,
+                stop_reason: str | None = None) -> LoopResult:
+        return LoopResult(self.item, status, reason, iterations, ok, stop_reason)
 
     def iteration(self, number: int, previous: str | None, deadline: float | None) -> IterationResult:
         spec, sv = self.spec, self.sv
@@ -138,6 +150,7 @@ class ItemLoop:
                                trace_id=span.trace_id or None, span_id=span.span_id or None)
         sv.console.iteration_start(session)
         sv.runlog.info("iteration started", session, span, title=session.title)
+        before = self.provenance.before(session, span)
 
         ok, agent = self._steps(session, span, "before", deadline), None
         if ok and not sv.cancel.cancelled:
@@ -159,6 +172,7 @@ class ItemLoop:
             status = "timeout"
         else:
             status = "ok" if ok else "failed"
+        change = self.provenance.after(before, session, span)
         report = agent.report if agent else AgentReport()
         sv.store.finish_session(session.id, status, agent_session_id=report.agent_session_id,
                                 tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd)
@@ -169,8 +183,10 @@ class ItemLoop:
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
         sv.runlog.info(f"iteration {status}", session, span, status=status)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
+        if change is not None:  # what it did to the code, as `ralph sessions` shows it
+            detail = " · ".join(filter(None, (detail, compact_change(change))))
         sv.console.iteration_end(session, status, detail)
-        return IterationResult(session.id, status, report.cost_usd)
+        return IterationResult(session.id, status, report.cost_usd, change)
 
     def _steps(self, session: Session, span: Span, kind: str, deadline: float | None) -> bool:
         ok = True
@@ -437,15 +453,19 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
     def one(item: str | None, point: ResumePoint | None = None) -> LoopResult:
         try:
             point = point or (points or {}).get(item)
-            loop = ItemLoop(spec, options, sv, run_span, preset, binary, item, point)
-            if queue is not None and item is not None:
-                loop.taken_over = lambda: queue.lost(item)
-            result = loop.run()
+            with isolation.place(spec, sv, item) as (item_spec, item_sv, problem):
+                if problem is not None:  # its folder is missing: this item fails, not the run
+                    result = LoopResult(item, "failed", problem, 0, False)
+                else:
+                    loop = ItemLoop(item_spec, options, item_sv, run_span, preset, binary, item, point)
+                    if queue is not None and item is not None:
+                        loop.taken_over = lambda: queue.lost(item)
+                    result = loop.run()
         except BaseException:
             sv.cancel.stop()  # the run fails as a whole: the other items' children stop now
             raise
         if item is not None:
-            sv.console.item_end(item, result.status, result.reason, result.iterations)
+            sv.console.item_end(item, result.status, isolation.describe(spec, item, result.reason), result.iterations)
         sv.runlog.info("item ended", span=run_span, item=item, status=result.status,  # ralph report reads it
                        reason=result.reason, iterations=result.iterations, succeeded=result.succeeded)
         return result
@@ -454,6 +474,7 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
         sv.console.batch_start([i for i in items if i is not None])
 
     parallel = spec.config.batch.parallel if spec.config.batch else 1
+    isolation.prepare(spec, sv, parallel, len(items))
     if queue is not None:  # a shared batch: items come from the queue, as hosts free up
         return queue.run(one, parallel)
     if parallel <= 1 or len(items) <= 1:

@@ -35,7 +35,9 @@ def _fmt_duration(seconds: float | None) -> str:
 
 
 def _with_duration(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "duration": _duration(row)}
+    from ralph.provenance import decode
+
+    return decode({**row, "duration": _duration(row)})
 
 
 def open_store(state_dir: Path) -> Store:
@@ -43,7 +45,8 @@ def open_store(state_dir: Path) -> Store:
     return store
 
 
-def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool) -> int:
+def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_json: bool,
+             commit: str | None = None) -> int:
     show_host, where = False, state_dir
     if not history_exists(state_dir):
         rows: list[dict[str, Any]] = []
@@ -52,7 +55,12 @@ def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_
         where = state_dir if store.url is None else store.path
         try:
             store.mark_abandoned()
-            rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
+            if commit is not None:
+                from ralph.changes import find_commit
+
+                rows = [_with_duration(r) for r in find_commit(store, Path.cwd(), commit)]
+            else:
+                rows = [_with_duration(r) for r in store.sessions(loop, run, limit)]
             # Which machine ran each session (its logs are there): shown once a history has more than one.
             if store.shared or store.hosts() > 1:
                 show_host = True
@@ -64,19 +72,24 @@ def sessions(state_dir: Path, loop: str | None, run: str | None, limit: int, as_
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     if not rows:
+        if commit is not None:
+            print(f"no session made commit {commit}", file=sys.stderr)
+            return 1
         print(f"no sessions in {where}", file=sys.stderr)
         return 0
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost")
+    from ralph.provenance import compact
+
+    columns = ("session", "title", "loop", "iter", "item", "status", "started", "duration", "cost", "change")
     for col in (*columns, "host") if show_host else columns:
-        table.add_column(col, no_wrap=col in ("session", "started"))
+        table.add_column(col, no_wrap=col in ("session", "started", "change"))
     for r in rows:
         cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else ""
         cells = [r["id"], r["title"], r["loop"], str(r["iteration"]), r.get("item") or "", r["status"],
-                 _when(r["started"]), _fmt_duration(r["duration"]), cost]
+                 _when(r["started"]), _fmt_duration(r["duration"]), cost, compact(r)]
         table.add_row(*cells, *([r.get("host") or ""] if show_host else []))
     console = Console(soft_wrap=False)
     if not console.is_terminal:
@@ -146,6 +159,9 @@ def _session_lines(s: dict[str, Any], indent: str) -> list[str]:
         extras.append(f"cost ${s['cost_usd']:.4f}")
     if extras:
         lines.append(f"{indent}  " + "  ".join(extras))
+    from ralph.provenance import show_lines
+
+    lines += [f"{indent}  {line}" for line in show_lines(s)]
     for t in s.get("steps", []):
         attempt = f" (attempt {t['attempt']})" if t["attempt"] > 1 else ""
         reason = f" [{t['reason']}]" if t.get("reason") else ""

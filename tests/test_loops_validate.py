@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gitrepo import drop_session_refs
 
 from helpers import ROOT, ralph
 from ralph.batch import shard_items
@@ -30,10 +31,12 @@ def test_the_loops_folder_is_not_empty() -> None:
     assert {p.name for p in LOOPS} >= {"demo.yaml", "nightly-batch.yaml"}
 
 
-def test_the_nightly_batch_runs_shard_by_shard(tmp_path: Path, isolated: Path) -> None:
+def test_the_nightly_batch_runs_shard_by_shard(tmp_path: Path, isolated: Path,
+                                              request: pytest.FixtureRequest) -> None:
     loop = ROOT / "loops" / "nightly-batch.yaml"
     items = yaml.safe_load(loop.read_text())["batch"]["items"]
     titles: list[str] = []
+    request.addfinalizer(lambda: drop_session_refs(ROOT, isolated))  # it runs in this checkout
     for index in (1, 2, 3):
         result = ralph("run", str(loop), "--shard", f"{index}/3", "--json", env={"RALPH_BATCH_ID": "test-night"})
         assert result.returncode == 0, result.stdout + result.stderr

@@ -55,6 +55,7 @@ def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:
     store.start_step(os.getpid(), session_id="ses_1", run_id="run_1", name="agent", kind="agent", attempt=1)
     store.close()
     assert db_rows(isolated, "PRAGMA user_version") == [{"user_version": SCHEMA_VERSION}]
+    assert db_rows(isolated, "SELECT files_changed, git_branch FROM sessions") == []  # version 3's columns
     rows = db_rows(isolated, "SELECT session_id, pid_start FROM steps ORDER BY id")
     assert rows[0] == {"session_id": "ses_old", "pid_start": None}
     assert rows[1]["pid_start"] is not None

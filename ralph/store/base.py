@@ -313,6 +313,16 @@ class Store:
         """Every step of a run in one query (a report of 5000 sessions would otherwise make 5000)."""
         return self._query("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
 
+    def sessions_with_commit(self, sha: str) -> list[dict[str, Any]]:
+        """Sessions during which a commit whose SHA starts with ``sha`` was made (``commits`` is a JSON list)."""
+        if not sha or any(c not in "0123456789abcdef" for c in sha.lower()):
+            return []
+        return self._query(f"SELECT * FROM sessions WHERE commits LIKE ? ORDER BY started, {self.ROWID}",  # noqa: S608
+                           (f'%"{sha.lower()}%',))
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM runs WHERE status = 'running' ORDER BY started")
+
 
 def _points(sessions: list[dict[str, Any]]) -> dict[str | None, ResumePoint]:
     points: dict[str | None, ResumePoint] = {}

@@ -20,7 +20,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
     iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
     previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
-    tokens_out INTEGER, cost_usd REAL, reason TEXT
+    tokens_out INTEGER, cost_usd REAL, reason TEXT, files_changed INTEGER, insertions INTEGER,
+    deletions INTEGER, commits TEXT, changed_files TEXT, git_before TEXT, git_after TEXT, git_head TEXT,
+    git_dir TEXT, git_root TEXT, git_branch TEXT, git_scope TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
@@ -45,11 +47,14 @@ CREATE INDEX IF NOT EXISTS batch_items_status ON batch_items (loop, batch, statu
 CREATE INDEX IF NOT EXISTS sessions_item ON sessions (loop, item);
 """
 SCHEMA += _QUEUE
-# Each version's upgrade from the one before. 3 and 4 are other issues' (git provenance, loop
-# judgement); they may land after 5 in the code but run in order on a file.
+# Each version's upgrade from the one before.
 MIGRATIONS = {
     2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;",
-    3: "",
+    # git provenance (issue 12): what each session changed, its snapshots, its worktree branch
+    3: "".join(f"ALTER TABLE sessions ADD COLUMN {c};" for c in (
+        "files_changed INTEGER", "insertions INTEGER", "deletions INTEGER", "commits TEXT", "changed_files TEXT",
+        "git_before TEXT", "git_after TEXT", "git_head TEXT", "git_dir TEXT", "git_root TEXT", "git_branch TEXT",
+        "git_scope TEXT")),
     4: "",
     5: _QUEUE,
 }
