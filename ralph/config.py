@@ -40,7 +40,8 @@ from pydantic import (  # noqa: E402 (after the stub above)
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PLACEHOLDERS = ("loop", "iteration", "item", "run_id", "date")
+PLACEHOLDERS = ("loop", "iteration", "item", "run_id", "date", "feedback")
+PROMPT_ONLY = ("feedback",)  # why the previous iteration did not complete: prompts, not titles
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Set by the runner for every child; a loop's `env:` may not override them.
@@ -48,7 +49,8 @@ RESERVED_ENV = frozenset(
     {
         "OPENCODE_SESSION_ID", "RALPH_SESSION_ID", "OPENCODE_SESSION_TITLE", "RALPH_SESSION_TITLE",
         "RALPH_RUN_ID", "RALPH_LOOP", "RALPH_ITERATION", "RALPH_ATTEMPT", "RALPH_STEP", "RALPH_ITEM",
-        "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE", "OTEL_RESOURCE_ATTRIBUTES",
+        "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE", "OTEL_RESOURCE_ATTRIBUTES", "RALPH_FEEDBACK",
+        "RALPH_PREVIOUS_SESSION_ID",
     }
 )
 RESERVED_STEP_NAMES = frozenset({"agent", "check"})
@@ -130,6 +132,23 @@ class Retry(Model):
     on_output: tuple[str, ...] = Field((), description="retry when the output contains one (case-insensitive)")
 
 
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+class UsageLimit(Model):
+    """A usage limit pauses the loop until it resets; the same iteration then runs again."""
+
+    pattern: Annotated[str, AfterValidator(_check_regex)] | None = Field(
+        None, min_length=1, description="a regular expression over the agent's output (not the model's words for "
+        "the opencode, claude and codex presets, which also know their CLI's own limit signals)")
+    wait: Duration = Field(600.0, description="how long to pause when no reset time can be read")
+
+
 class Agent(Model):
     preset: Literal["command", "opencode", "claude", "codex"] = "command"
     command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
@@ -141,6 +160,7 @@ class Agent(Model):
     timeout: Duration | None = None
     idle_timeout: Duration | None = Field(None, description="no output for this long: the agent is hung")
     retry: Retry = Retry()
+    usage_limit: UsageLimit = UsageLimit()
 
     @model_validator(mode="after")
     def _consistent(self) -> Agent:
@@ -193,6 +213,8 @@ class Until(Model):
     command_succeeds: Command | None = None
     max_consecutive_failures: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
+    same_failure: int | None = Field(None, ge=1, description="stop after N failed iterations in a row with the "
+                                     "same failure fingerprint")
 
     @property
     def has_success_condition(self) -> bool:
@@ -246,8 +268,11 @@ class LoopFile(Model):
         if value is not None:
             bad = unknown_placeholders(value)
             if bad:
-                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS if p not in PROMPT_ONLY)
                 raise ValueError(f"unknown placeholder {{{bad[0]}}} (known: {known})")
+            for name in PROMPT_ONLY:
+                if "{" + name + "}" in value:
+                    raise ValueError(f"{{{name}}} is for prompts, not titles")
             if not value.strip():
                 raise ValueError("the title is empty")
         return value

@@ -20,18 +20,18 @@ from typing import Any
 from ralph.errors import StateError, UsageError
 from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
     started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT, trace_id TEXT,
-    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT
+    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT, stop_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
     iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
     previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
-    tokens_out INTEGER, cost_usd REAL, reason TEXT
+    tokens_out INTEGER, cost_usd REAL, reason TEXT, fingerprint TEXT, feedback TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
@@ -46,10 +46,16 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 """
 # Each version's upgrade from the one before; a fresh file gets SCHEMA at the newest version.
-MIGRATIONS = {2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;"}
-FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
+MIGRATIONS = {
+    2: "ALTER TABLE steps ADD COLUMN pid_start TEXT;",
+    3: "",  # issue 12 (git provenance) owns migration 3
+    # Loop judgement: why a run stopped; a session's failure fingerprint and the feedback it was given.
+    4: "ALTER TABLE runs ADD COLUMN stop_reason TEXT; ALTER TABLE sessions ADD COLUMN fingerprint TEXT;"
+       "ALTER TABLE sessions ADD COLUMN feedback TEXT;",
+}
+FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted", "claim_rejected")
 # Iterations that ran to their end: what a resumed run counts against max_iterations.
-FINISHED = ("ok", "failed", "complete", "timeout")
+FINISHED = ("ok", "failed", "complete", "timeout", "claim_rejected")
 
 
 @dataclass(frozen=True)
@@ -202,14 +208,14 @@ class Store:
                               "started": time.time(), "host": _hostname(), "pid": pid,
                               "pid_start": process_start(pid), **extra})
 
-    def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
+    def finish_run(self, run_id: str, status: str, exit_code: int, stop_reason: str | None = None) -> None:
         """The run's end; sessions and steps it left ``running`` (an interrupt, an error) end with it."""
         left = status if status in ("interrupted", "error") else "abandoned"
         try:
             with self._tx() as db:
                 now = _close_running(db, run_id, left)
-                db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
-                           (status, exit_code, now, run_id))
+                db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ?, stop_reason = ? WHERE id = ?",
+                           (status, exit_code, now, stop_reason, run_id))
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot write the history {self.path}: {exc}") from None
 

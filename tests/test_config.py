@@ -41,8 +41,16 @@ def test_init_writes_a_loop_that_validates_and_runs(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert ralph("validate", "starter/ralph.yaml").returncode == 0
     assert ralph("init", "starter").returncode == 2  # no silent overwrite
-    run = ralph("run", "starter/ralph.yaml")
+    run = ralph("run", "starter/ralph.yaml", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    # Its stand-in agent echoes the prompt, which names the promise: that claims nothing. It says
+    # the promise itself in iteration 2, and is told in its prompt why iteration 1 did not finish.
+    assert [e["status"] for e in events if e["event"] == "iteration.end"] == ["ok", "complete"]
+    second = [e["line"] for e in events if e["event"] == "output" and e["iteration"] == 2]
+    assert second[-1] == "<promise>COMPLETE</promise>"
+    assert any("did not say '<promise>COMPLETE</promise>'" in line for line in second)
+    assert events[-1]["event"] == "run.end" and events[-1]["stop_reason"] == "complete"
 
 
 def test_version() -> None:

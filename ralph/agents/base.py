@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ralph.limits import LimitHit
 from ralph.loader import LoopSpec
 from ralph.process import GRACE
 from ralph.session import Session
@@ -66,6 +67,9 @@ class StreamParser:
 
     def __init__(self) -> None:
         self.report = AgentReport()
+        # Set when the CLI itself (its events or stderr, never the model's words) says a usage
+        # limit stopped it: the loop pauses until the reset and runs the iteration again.
+        self.limit: LimitHit | None = None
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         text = line.decode("utf-8", "replace")
