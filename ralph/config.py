@@ -37,6 +37,8 @@ from pydantic import (  # noqa: E402 (after the stub above)
     model_validator,
 )
 
+from ralph.hints import check_item  # noqa: E402
+
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -222,7 +224,7 @@ class Until(Model):
 
 
 class Batch(Model):
-    items: tuple[EnvValue, ...] | None = None
+    items: tuple[Annotated[EnvValue, AfterValidator(check_item)], ...] | None = None
     items_file: str | None = None
     items_command: Command | None = None
     parallel: int = Field(1, ge=1, le=256)
