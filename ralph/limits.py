@@ -9,6 +9,7 @@ using the same preset, since they share one account's limit.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -34,6 +35,23 @@ _AT = re.compile(r"(?:resets?|try again)(?:\s+at)?\s+(\d{1,2})(?::(\d{2}))?\s*([
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
+def retry_after(headers: dict[str, object], now: float | None = None) -> float | None:
+    """The reset an HTTP response's ``retry-after-ms`` / ``retry-after`` (seconds or a date) names."""
+    now = time.time() if now is None else now
+    given = {str(k).lower(): str(v) for k, v in headers.items()}
+    with contextlib.suppress(ValueError):
+        if "retry-after-ms" in given:
+            return now + float(given["retry-after-ms"]) / 1000
+        if "retry-after" in given:
+            return now + float(given["retry-after"])
+    if "retry-after" in given:
+        from email.utils import parsedate_to_datetime  # only for a date, which is rare
+
+        with contextlib.suppress(TypeError, ValueError):
+            return parsedate_to_datetime(given["retry-after"]).timestamp()
+    return None
+
+
 def reset_time(text: str, now: float | None = None) -> float | None:
     """When a limit message says the limit resets (epoch seconds), or None."""
     now = time.time() if now is None else now
@@ -57,9 +75,9 @@ def reset_time(text: str, now: float | None = None) -> float | None:
             return None
         local = datetime.fromtimestamp(now)
         at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if at.timestamp() <= now:
+        if at.timestamp() <= now - 60:  # a clock time already gone (by more than its rounding): tomorrow's
             at += timedelta(days=1)
-        return at.timestamp()
+        return max(at.timestamp(), now)
     return None
 
 
