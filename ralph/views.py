@@ -106,7 +106,8 @@ def show(state_dir: Path, ident: str, as_json: bool) -> int:
     if data["kind"] == "session":
         out += _session_lines(data, indent="")
     else:
-        out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}  exit {data.get('exit_code')}  "
+        stopped = f" ({data['stop_reason']})" if data.get("stop_reason") else ""
+        out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}{stopped}  exit {data.get('exit_code')}  "
                    f"{_when(data['started'])}  {_fmt_duration(data['duration'])}")
         if data.get("trace_id"):
             out.append(f"  trace {data['trace_id']}")
