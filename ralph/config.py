@@ -155,8 +155,9 @@ class Agent(Model):
     preset: Literal["command", "opencode", "claude", "codex"] = "command"
     command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
     bin: str | None = Field(None, description="the preset's executable (default: found on PATH)")
-    prompt: str | None = None
-    prompt_file: str | None = Field(None, description="relative to the loop file")
+    prompt: str | None = Field(None, description="placeholders {loop} {iteration} {item} {run_id} {date} and "
+                               "{feedback} (why the previous iteration did not complete; empty on the first)")
+    prompt_file: str | None = Field(None, description="relative to the loop file; the same placeholders as prompt")
     model: str | None = Field(None, description="presets only")
     args: tuple[str, ...] = Field((), description="appended to the preset's command line")
     timeout: Duration | None = None
@@ -209,12 +210,19 @@ class Steps(Model):
 
 
 class Until(Model):
+    """The loop ends at the first that holds. Every run ends with a stop_reason: complete,
+    max_iterations, max_duration, max_cost, max_consecutive_failures, no_progress, same_failure,
+    interrupted or error."""
+
     max_iterations: int = Field(10, ge=1)
     max_duration: Duration | None = None
-    output_contains: str | None = Field(None, min_length=1)
-    command_succeeds: Command | None = None
+    output_contains: str | None = Field(None, min_length=1, description="in the agent's output of an iteration "
+                                        "(the model's words for presets); lines repeating a line of the prompt "
+                                        "never count. With command_succeeds: the claim counts only if the check "
+                                        "passes (else status claim_rejected)")
+    command_succeeds: Command | None = Field(None, description="run after each iteration; exit 0 ends the loop")
     max_consecutive_failures: int | None = Field(None, ge=1)
-    max_cost_usd: float | None = Field(None, gt=0)
+    max_cost_usd: float | None = Field(None, gt=0, description="where the agent reports its cost")
     same_failure: int | None = Field(None, ge=1, description="stop after N failed iterations in a row with the "
                                      "same failure fingerprint")
 

@@ -34,6 +34,16 @@ def test_schema_is_json_schema_of_the_loop_file() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert {"name", "title", "workdir", "env", "agent", "steps", "until", "batch"} <= set(schema["properties"])
     assert schema["required"] == ["name", "agent"]
+    # Loop judgement: its keys, the {feedback} placeholder and the stop reasons are documented there.
+    defs = schema["$defs"]
+    assert {"same_failure", "output_contains"} <= set(defs["Until"]["properties"])
+    assert "same failure fingerprint" in defs["Until"]["properties"]["same_failure"]["description"]
+    for reason in ("complete", "max_iterations", "max_duration", "max_cost", "max_consecutive_failures",
+                   "no_progress", "same_failure", "interrupted", "error"):
+        assert reason in defs["Until"]["description"]
+    assert set(defs["UsageLimit"]["properties"]) == {"pattern", "wait"}
+    assert "usage_limit" in defs["Agent"]["properties"]
+    assert "{feedback}" in defs["Agent"]["properties"]["prompt"]["description"]
 
 
 def test_init_writes_a_loop_that_validates_and_runs(tmp_path) -> None:
