@@ -119,6 +119,25 @@ class Judge:
         return summary(failure)
 
 
+def claim_suffices(until: Until, claimed: bool) -> bool:
+    """Evidence over claims: with a check too, a claim alone never completes an iteration."""
+    return claimed and until.command_succeeds is None
+
+
+def verdict(until: Until, *, cancelled: bool, claimed: bool, check_passed: bool | None, agent_status: str | None,
+            ok: bool) -> str:
+    """An iteration's status. ``check_passed`` is None when the check did not run."""
+    if cancelled:
+        return "interrupted"
+    if claim_suffices(until, claimed) or (check_passed and (claimed or until.output_contains is None)):
+        return "complete"
+    if claimed and check_passed is False:
+        return "claim_rejected"
+    if agent_status == "timeout":
+        return "timeout"
+    return "ok" if ok else "failed"
+
+
 def summary(failure: Failure) -> str:
     """One line saying what failed: the step, and the last non-empty line it printed."""
     last = next((line.strip() for line in reversed(failure.tail.splitlines()) if line.strip()), "")
@@ -126,8 +145,12 @@ def summary(failure: Failure) -> str:
     return f"{failure.step} {what}" + (f": {last[:200]}" if last else "")
 
 
-def feedback(facts: Facts, claim: str | None, check: str | None) -> str:
+def feedback(facts: Facts, until: Until) -> str:
     """Why an iteration did not complete, for the next one's ``{feedback}`` and ``RALPH_FEEDBACK``."""
+    if facts.status in ("complete", "interrupted"):
+        return ""
+    claim, check = until.output_contains, until.command_succeeds
+    check = " ".join(check) if isinstance(check, tuple) else check
     failure = facts.failure
     lines: list[str] = []
     if facts.status == "claim_rejected":

@@ -18,7 +18,7 @@ from ralph.config import Step
 from ralph.console import Console, LineSplitter, make_console
 from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
 from ralph.interrupt import CancelToken, handle_signals
-from ralph.judge import Facts, Failure, Judge, Stop, feedback, tail
+from ralph.judge import Facts, Failure, Judge, Stop, claim_suffices, feedback, tail, verdict
 from ralph.limits import LimitHit, LimitWatch, resume_at
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
@@ -125,35 +125,20 @@ class ItemLoop:
         after_ok = self._steps(session, span, "after", deadline)
         ok = ok and after_ok
         until = self.spec.config.until
-        claimed = bool(agent and agent.matched)
-        # Evidence over claims: with both conditions, a claim counts only if the check passes.
-        both = until.output_contains is not None and until.command_succeeds is not None
-        complete, rejected = claimed and not both, False
-        check = until.command_succeeds
-        if check is not None and agent is not None and not complete and not sv.cancel.cancelled:
+        claimed, check, passed = bool(agent and agent.matched), until.command_succeeds, None
+        if check is not None and agent is not None and not claim_suffices(until, claimed) \
+                and not sv.cancel.cancelled:
             outcome = run_step(sv, session, span, StepCall("check", "check", shell_argv(check)), deadline=deadline)
-            complete = outcome.ok and (claimed or not both)
-            rejected = claimed and not outcome.ok
+            passed = outcome.ok
             if not outcome.ok:  # what failed is the check, whatever else did
                 self._failure = None
                 self._failed(session, "check", outcome, 1)
-
-        if sv.cancel.cancelled:
-            status = "interrupted"
-        elif complete:
-            status = "complete"
-        elif rejected:
-            status = "claim_rejected"
-        elif agent is not None and agent.outcome.status == "timeout":
-            status = "timeout"
-        else:
-            status = "ok" if ok else "failed"
+        status = verdict(until, cancelled=sv.cancel.cancelled, claimed=claimed, check_passed=passed,
+                         agent_status=agent.outcome.status if agent else None, ok=ok)
         report = agent.report if agent else AgentReport()
         failure = self._failure if status not in ("complete", "interrupted") else None
         facts = Facts(session.id, status, report.cost_usd, failure)
-        check_words = " ".join(check) if isinstance(check, tuple) else check
-        told_next = "" if status in ("complete", "interrupted") else feedback(facts, until.output_contains,
-                                                                              check_words)
+        told_next = feedback(facts, until)
         sv.store.finish_session(session.id, status, agent_session_id=report.agent_session_id,
                                 tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd,
                                 fingerprint=failure.fingerprint if failure else None)

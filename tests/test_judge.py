@@ -258,3 +258,23 @@ def test_an_echoed_prompt_never_completes_the_loop(tmp_path: Path, isolated: Pat
     assert PROMISE in [e.get("line") for e in events]  # it was printed, as a line of the prompt
     assert [r["status"] for r in sessions(isolated)] == ["ok", "ok"]
     assert events[-1]["stop_reason"] == "max_iterations"
+
+
+def test_the_verdict_of_an_iteration() -> None:
+    from ralph.config import Until
+    from ralph.judge import verdict
+
+    both = Until(output_contains=PROMISE, command_succeeds="true")
+    claim_only, check_only = Until(output_contains=PROMISE), Until(command_succeeds="true")
+
+    def of(until: Until, claimed: bool, passed: bool | None, agent: str = "ok", ok: bool = True) -> str:
+        return verdict(until, cancelled=False, claimed=claimed, check_passed=passed, agent_status=agent, ok=ok)
+
+    assert of(claim_only, True, None) == "complete"
+    assert of(check_only, False, True) == "complete"
+    assert of(both, True, True) == "complete"
+    assert of(both, True, False) == "claim_rejected"
+    assert of(both, False, True) == "ok"  # evidence without a claim: not done yet
+    assert of(both, False, False, "timeout", False) == "timeout"
+    assert of(claim_only, False, None, "failed", False) == "failed"
+    assert verdict(both, cancelled=True, claimed=True, check_passed=True, agent_status="ok", ok=True) == "interrupted"
