@@ -198,6 +198,17 @@ def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Pat
     assert len(api.scripted_requests) == 2
 
 
+def test_a_prompt_naming_the_promise_claims_nothing(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
+    # The claude CLI's echo of the user message (if any) and the prompt's own lines never count.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
+    with ScriptedAnthropic([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["status"] for r in sessions()] == ["ok", "complete"]
+    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+
+
 def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})

@@ -169,6 +169,17 @@ def test_a_usage_limit_pauses_until_its_reset_and_resumes_the_thread(codex_bin: 
     assert json.dumps(api.scripted_requests[-1]["input"]).count("Iteration 1 of codex-test") == 2
 
 
+def test_a_prompt_naming_the_promise_claims_nothing(codex_bin: Path, tmp_path: Path) -> None:
+    # The codex CLI's echo of the user message (if any) and the prompt's own lines never count.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")
+    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
+    with ScriptedResponses([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["status"] for r in sessions()] == ["ok", "complete"]
+    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+
+
 def test_a_missing_codex_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
