@@ -147,7 +147,8 @@ class ItemLoop:
                        "gen_ai.usage.output_tokens": report.tokens_out, "ralph.cost_usd": report.cost_usd,
                        "ralph.agent.session_id": report.agent_session_id})
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
-        sv.runlog.info(f"iteration {status}", session, span, status=status)
+        sv.runlog.info(f"iteration {status}", session, span, status=status,
+                       fingerprint=failure.fingerprint if failure else None)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
         sv.console.iteration_end(session, status, detail)
         return facts, told_next

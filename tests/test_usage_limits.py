@@ -76,7 +76,7 @@ def test_a_pause_never_outlasts_max_duration(tmp_path: Path, isolated: Path) -> 
         agent:
           command: {yaml_list([PY, "-c", agent])}
           usage_limit: {{pattern: "usage limit", wait: 1h}}
-        until: {{max_duration: 1s}}
+        until: {{max_duration: 3s}}
         """)
     result = ralph("run", str(loop), "--json")
     assert result.returncode == 1, result.stdout + result.stderr
