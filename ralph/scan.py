@@ -46,9 +46,16 @@ class EchoFilter:
         if not self.echo:  # nothing to leave out: the chunk as it came
             self.matcher.feed(data)
             return
-        lines = (self.pending + data).split(b"\n")
-        self.pending = lines.pop()[-65536:]
-        self._lines(lines)
+        data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:][-65536:]
+        if self.matcher.found is not None:
+            return
+        # A pattern is found within one line: a chunk of whole lines without any (the usual case)
+        # needs no splitting (memchr-speed search instead of a Python loop over its lines).
+        probe = data.lower() if self.matcher.ignore_case else data
+        if any(p in probe for p in self.matcher.patterns):
+            self._lines(data[:cut].split(b"\n")[:-1])
 
     def feed_text(self, text: str) -> None:
         """Text that is whole lines already (what a preset's parser calls the model's words)."""
