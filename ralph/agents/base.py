@@ -65,11 +65,13 @@ class StreamParser:
     be None. The raw line always goes to the step log untouched.
     """
 
+    # Set when the CLI itself (its events or stderr, never the model's words) says a usage limit
+    # stopped it: the loop pauses until the reset and runs the iteration again. A class default, so
+    # a parser that sets nothing (or skips this __init__) has none.
+    limit: LimitHit | None = None
+
     def __init__(self) -> None:
         self.report = AgentReport()
-        # Set when the CLI itself (its events or stderr, never the model's words) says a usage
-        # limit stopped it: the loop pauses until the reset and runs the iteration again.
-        self.limit: LimitHit | None = None
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         text = line.decode("utf-8", "replace")
