@@ -135,6 +135,8 @@ def _session_lines(s: dict[str, Any], indent: str) -> list[str]:
         extras.append(f"tokens {s['tokens_in']} in / {s.get('tokens_out') or 0} out")
     if s.get("cost_usd") is not None:
         extras.append(f"cost ${s['cost_usd']:.4f}")
+    if s.get("fingerprint"):  # what the judge compared for same_failure
+        extras.append(f"failure {s['fingerprint']}")
     if extras:
         lines.append(f"{indent}  " + "  ".join(extras))
     for t in s.get("steps", []):

@@ -98,6 +98,9 @@ def test_the_same_failure_stops_the_loop(tmp_path: Path, isolated: Path) -> None
 
     (run,) = runs(isolated)
     assert run["stop_reason"] == "same_failure" and run["exit_code"] == 1
+    text = ralph("show", run["id"]).stdout
+    assert f"{run['id']}  loop stuck  failed (same_failure)  exit 1" in text
+    assert text.count(f"failure {rows[0]['fingerprint']}") == 3
     shown = json.loads(ralph("show", run["id"], "--json").stdout)
     assert shown["stop_reason"] == "same_failure"
     assert [s["fingerprint"] for s in shown["sessions"]] == [rows[0]["fingerprint"]] * 3
