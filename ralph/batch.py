@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from ralph.errors import ConfigError, UsageError
+from ralph.hints import control_character
 from ralph.loader import LoopSpec, resolve_relative
 from ralph.process import shell_argv
 from ralph.telemetry import Span, Telemetry
@@ -22,11 +23,14 @@ from ralph.telemetry import Span, Telemetry
 BATCH_ID_ENV = "RALPH_BATCH_ID"
 
 
-def _lines(text: str) -> list[str]:
+def _lines(text: str, bad: Callable[[int, str], ConfigError]) -> list[str]:
     out = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if line and not line.startswith("#"):
+            char = control_character(line)
+            if char is not None:  # it would break the console's [item …] prefix
+                raise bad(number, f"a batch item may not contain a control character ({char}): {line!r}")
             out.append(line)
     return out
 
@@ -39,7 +43,7 @@ def load_items(spec: LoopSpec) -> list[str]:
     elif batch.items_file is not None:
         path = resolve_relative(spec, batch.items_file)
         try:
-            items = _lines(path.read_text(encoding="utf-8"))
+            items = _lines(path.read_text(encoding="utf-8"), lambda n, why: ConfigError(why, path, n))
         except (OSError, UnicodeDecodeError) as exc:
             raise spec.error("batch.items_file", f"cannot read items_file {path}: {exc}") from None
     else:
@@ -51,7 +55,8 @@ def load_items(spec: LoopSpec) -> list[str]:
             raise ConfigError(f"items_command exited with {proc.returncode}: "
                               f"{proc.stderr.decode('utf-8', 'replace').strip()[:500]}",
                               spec.path, key="batch.items_command")
-        items = _lines(proc.stdout.decode("utf-8", "replace"))
+        items = _lines(proc.stdout.decode("utf-8", "replace"),
+                       lambda n, why: spec.error("batch.items_command", f"line {n} of its output: {why}"))
     seen: set[str] = set()
     unique = [i for i in items if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
     for item in unique:

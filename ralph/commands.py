@@ -10,6 +10,7 @@ from ralph.errors import UsageError
 
 STARTER_PROMPT = """\
 Work on the next item of the task. When everything is done, print <promise>COMPLETE</promise>.
+{feedback}
 """
 
 

@@ -38,11 +38,13 @@ from pydantic import (  # noqa: E402 (after the stub above)
 )
 
 from ralph.customspec import CustomAgent  # noqa: E402 (after the stub above)
+from ralph.hints import check_item  # noqa: E402
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 STEP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PLACEHOLDERS = ("loop", "iteration", "item", "run_id", "date")
+PLACEHOLDERS = ("loop", "iteration", "item", "run_id", "date", "feedback")
+PROMPT_ONLY = ("feedback",)  # why the previous iteration did not complete: prompts, not titles
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Set by the runner for every child; a loop's `env:` may not override them.
@@ -50,7 +52,8 @@ RESERVED_ENV = frozenset(
     {
         "OPENCODE_SESSION_ID", "RALPH_SESSION_ID", "OPENCODE_SESSION_TITLE", "RALPH_SESSION_TITLE",
         "RALPH_RUN_ID", "RALPH_LOOP", "RALPH_ITERATION", "RALPH_ATTEMPT", "RALPH_STEP", "RALPH_ITEM",
-        "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE", "OTEL_RESOURCE_ATTRIBUTES",
+        "RALPH_STATE_DIR", "TRACEPARENT", "TRACESTATE", "OTEL_RESOURCE_ATTRIBUTES", "RALPH_FEEDBACK",
+        "RALPH_PREVIOUS_SESSION_ID",
     }
 )
 RESERVED_STEP_NAMES = frozenset({"agent", "check"})
@@ -132,19 +135,38 @@ class Retry(Model):
     on_output: tuple[str, ...] = Field((), description="retry when the output contains one (case-insensitive)")
 
 
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return value
+
+
+class UsageLimit(Model):
+    """A usage limit pauses the loop until it resets; the same iteration then runs again."""
+
+    pattern: Annotated[str, AfterValidator(_check_regex)] | None = Field(
+        None, min_length=1, description="a regular expression over the agent's output (not the model's words for "
+        "the opencode, claude and codex presets, which also know their CLI's own limit signals)")
+    wait: Duration = Field(600.0, description="how long to pause when no reset time can be read")
+
+
 class Agent(Model):
     preset: Literal["command", "opencode", "claude", "codex", "gemini", "copilot", "qwen", "pi", "kilo",
                     "custom"] = "command"
     custom: CustomAgent | None = Field(None, description="the custom preset: an agent CLI described here")
     command: Command | None = Field(None, description="a string runs under /bin/sh -c, a list is exec'd")
     bin: str | None = Field(None, description="the preset's executable (default: found on PATH)")
-    prompt: str | None = None
-    prompt_file: str | None = Field(None, description="relative to the loop file")
+    prompt: str | None = Field(None, description="placeholders {loop} {iteration} {item} {run_id} {date} and "
+                               "{feedback} (why the previous iteration did not complete; empty on the first)")
+    prompt_file: str | None = Field(None, description="relative to the loop file; the same placeholders as prompt")
     model: str | None = Field(None, description="presets only")
     args: tuple[str, ...] = Field((), description="appended to the preset's command line")
     timeout: Duration | None = None
     idle_timeout: Duration | None = Field(None, description="no output for this long: the agent is hung")
     retry: Retry = Retry()
+    usage_limit: UsageLimit = UsageLimit()
 
     @model_validator(mode="after")
     def _consistent(self) -> Agent:
@@ -194,12 +216,21 @@ class Steps(Model):
 
 
 class Until(Model):
+    """The loop ends at the first that holds. Every run ends with a stop_reason: complete,
+    max_iterations, max_duration, max_cost, max_consecutive_failures, no_progress, same_failure,
+    interrupted, taken_over or error."""
+
     max_iterations: int = Field(10, ge=1)
     max_duration: Duration | None = None
-    output_contains: str | None = Field(None, min_length=1)
-    command_succeeds: Command | None = None
+    output_contains: str | None = Field(None, min_length=1, description="in the agent's output of an iteration "
+                                        "(the model's words for presets); lines repeating a line of the prompt "
+                                        "never count. With command_succeeds: the claim counts only if the check "
+                                        "passes (else status claim_rejected)")
+    command_succeeds: Command | None = Field(None, description="run after each iteration; exit 0 ends the loop")
     max_consecutive_failures: int | None = Field(None, ge=1)
-    max_cost_usd: float | None = Field(None, gt=0)
+    max_cost_usd: float | None = Field(None, gt=0, description="where the agent reports its cost")
+    same_failure: int | None = Field(None, ge=1, description="stop after N failed iterations in a row with the "
+                                     "same failure fingerprint")
     no_progress: int | None = Field(None, ge=1, description="stop after N iterations that changed nothing "
                                     "in the working tree (git snapshots; commits count as change)")
 
@@ -209,7 +240,7 @@ class Until(Model):
 
 
 class Batch(Model):
-    items: tuple[EnvValue, ...] | None = None
+    items: tuple[Annotated[EnvValue, AfterValidator(check_item)], ...] | None = None
     items_file: str | None = None
     items_command: Command | None = None
     parallel: int = Field(1, ge=1, le=256)
@@ -269,8 +300,11 @@ class LoopFile(Model):
         if value is not None:
             bad = unknown_placeholders(value)
             if bad:
-                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                known = ", ".join("{" + p + "}" for p in PLACEHOLDERS if p not in PROMPT_ONLY)
                 raise ValueError(f"unknown placeholder {{{bad[0]}}} (known: {known})")
+            for name in PROMPT_ONLY:
+                if "{" + name + "}" in value:
+                    raise ValueError(f"{{{name}}} is for prompts, not titles")
             if not value.strip():
                 raise ValueError("the title is empty")
         return value

@@ -97,6 +97,11 @@ class Console:
     def retry_wait(self, session: Session, step: str, seconds: float, attempt: int) -> None:
         self._print(f"{_label(session, step)} retrying in {seconds:.1f}s (attempt {attempt + 1})")
 
+    def paused(self, session: Session, until: float, why: str) -> None:
+        at = time.strftime("%H:%M:%S", time.localtime(until))
+        self._print(f"{_label(session, 'agent')} paused until {at} ({why})")
+        self.status(f"{session.loop} · paused until {at} ({why})")
+
     def iteration_end(self, session: Session, status: str, detail: str = "") -> None:
         item = f" [{session.item}]" if session.item else ""
         self._print(f"   iteration {session.iteration}{item} {status}{' · ' + detail if detail else ''}")
@@ -107,7 +112,7 @@ class Console:
     def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
         self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)")
 
-    def run_end(self, run_id: str, status: str, exit_code: int, detail: str) -> None:
+    def run_end(self, run_id: str, status: str, exit_code: int, detail: str, stop_reason: str | None = None) -> None:
         self._print(f"ralph: {status}: {detail} (exit {exit_code})")
 
     def status(self, text: str) -> None:
@@ -183,14 +188,18 @@ class JsonConsole(Console):
     def iteration_end(self, session: Session, status: str, detail: str = "") -> None:
         self._event("iteration.end", **_ids(session), status=status, detail=detail)
 
+    def paused(self, session: Session, until: float, why: str) -> None:
+        self._event("pause", **_ids(session), until=round(until, 3), reason=why)
+
     def batch_start(self, items: list[str]) -> None:
         self._event("batch.start", items=items)
 
     def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
         self._event("item.end", item=item, status=status, reason=reason, iterations=iterations)
 
-    def run_end(self, run_id: str, status: str, exit_code: int, detail: str) -> None:
-        self._event("run.end", run_id=run_id, status=status, exit_code=exit_code, detail=detail)
+    def run_end(self, run_id: str, status: str, exit_code: int, detail: str, stop_reason: str | None = None) -> None:
+        self._event("run.end", run_id=run_id, status=status, exit_code=exit_code, detail=detail,
+                    stop_reason=stop_reason)
 
 
 def _ids(session: Session) -> dict[str, Any]:

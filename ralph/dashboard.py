@@ -126,6 +126,10 @@ class BatchConsole(RichConsole):
         super().iteration_end(session, status, detail)
         self._update(session.item, last=f"iteration {status}")
 
+    def paused(self, session: Session, until: float, why: str) -> None:
+        super().paused(session, until, why)
+        self._update(session.item, last=f"paused until {time.strftime('%H:%M:%S', time.localtime(until))} ({why})")
+
     def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
         super().item_end(item, status, reason, iterations)
         self._update(item, state=status, last=reason, ended=time.monotonic())

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ralph import hints
 from ralph.config import LoopFile, Step
 from ralph.errors import ConfigError, ConfigErrors
 
@@ -203,11 +204,11 @@ def _clean_loc(loc: tuple[Any, ...], data: Any) -> Loc:
     return tuple(out)
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: dict[str, Any], loc: Loc = ()) -> str:
     msg = str(err["msg"])
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + hints.did_you_mean(LoopFile, loc)
     if kind == "missing":
         return "required key is missing"
     return msg.removeprefix("Value error, ")
@@ -218,7 +219,9 @@ def validation_errors(path: Path, exc: ValidationError, data: Any, marks: dict[L
     seen: set[tuple[Loc, str]] = set()
     for err in exc.errors():
         loc = _clean_loc(tuple(err["loc"]), data)
-        message = _message(dict(err))
+        message = _message(dict(err), loc)
+        if hints.is_quoting_mistake(err.get("type", ""), hints.value_at(data, loc)):
+            message = hints.BOOLEAN  # once, not once per type of the union
         if (loc, message) in seen:
             continue  # a union reports once per branch; once is enough
         seen.add((loc, message))

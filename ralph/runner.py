@@ -17,15 +17,15 @@ from ralph.agents.base import AgentContext, AgentReport, Preset, StreamParser
 from ralph.config import Step
 from ralph.console import Console, LineSplitter, make_console
 from ralph.errors import EXIT_FAILED, EXIT_OK, exit_code_for
-from ralph.git import Change
 from ralph.interrupt import CancelToken, handle_signals
-from ralph.judge import NoProgress
+from ralph.judge import Facts, Failure, Judge, Stop, claim_suffices, feedback, tail, verdict
+from ralph.limits import LimitHit, LimitWatch, resume_at
 from ralph.loader import LoopSpec
 from ralph.process import Outcome, shell_argv
 from ralph.provenance import Provenance, compact_change
 from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
-from ralph.scan import StreamMatcher
+from ralph.scan import EchoFilter, StreamMatcher
 from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
 from ralph.store import ResumePoint, Store, ensure_dir
@@ -46,21 +46,13 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
-class IterationResult:
-    session_id: str
-    status: str  # complete | ok | failed | timeout | interrupted
-    cost: float | None
-    change: Change | None = None  # what it changed in the git work tree (None: no snapshots)
-
-
-@dataclass(frozen=True)
 class LoopResult:
     item: str | None
     status: str  # complete | exhausted | failed | interrupted | lost (a shared batch's item taken over)
     reason: str
     iterations: int
     succeeded: bool  # this item counts as a success for the exit code
-    stop_reason: str | None = None
+    stop_reason: str = "complete"  # one of judge.STOP_REASONS
 
 
 @dataclass
@@ -68,6 +60,8 @@ class AgentResult:
     outcome: Outcome
     matched: bool
     report: AgentReport
+    attempt: int = 1
+    limit: LimitHit | None = None  # the agent hit a usage limit
 
 
 class ItemLoop:
@@ -82,64 +76,44 @@ class ItemLoop:
         self.first_iteration = resume.last_iteration + 1 if resume else 1
         self.previous_id = resume.last_session_id if resume else None
         self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots, spec.workdir_template is not None)
-        no_progress = spec.config.until.no_progress
-        self.progress = NoProgress(no_progress) if no_progress else None
 
     def run(self) -> LoopResult:
         until = self.spec.config.until
-        max_iterations = self.options.max_iterations or until.max_iterations
         deadline = time.monotonic() + until.max_duration if until.max_duration else None
-        failures, cost, last_ok, done = 0, 0.0, False, 0
+        judge = Judge(until, self.options.max_iterations or until.max_iterations, deadline)
         if self.resume is not None:
             if self.resume.complete:
-                return self._result("complete", "success condition held (before the resume)", 0, True)
-            done, cost = self.resume.finished, self.resume.cost
-        iteration = self.first_iteration - 1
-        previous = self.previous_id
+                return self._result(Stop("complete", "success condition held (before the resume)", True), 0)
+            judge.done, judge.cost = self.resume.finished, self.resume.cost
+        iteration, previous, told = self.first_iteration - 1, self.previous_id, ""
         while True:
-            if self.sv.cancel.cancelled:
-                return self._result("interrupted", "interrupted", done, False)
-            if self.taken_over is not None and self.taken_over():
-                return self._result("lost", "taken over by another host", done, False)
-            if done >= max_iterations:
-                ok = last_ok and not until.has_success_condition
-                return self._result("exhausted", f"max_iterations ({max_iterations}) reached", done, ok)
-            if deadline is not None and time.monotonic() >= deadline:
-                return self._result("exhausted", "max_duration reached", done, False)
+            stop = judge.before_iteration(self.sv.cancel.cancelled)
+            if stop is None and self.taken_over is not None and self.taken_over():
+                stop = Stop("taken_over", "taken over by another host")
+            if stop is not None:
+                return self._result(stop, judge.done)
             iteration += 1
-            done += 1
-            result = self.iteration(iteration, previous, deadline)
-            previous = result.session_id
-            cost += result.cost or 0.0
-            if result.status == "interrupted":
-                return self._result("interrupted", "interrupted", done, False)
-            if result.status == "complete":
-                return self._result("complete", "success condition held", done, True)
-            if not self.spec.workdir.is_dir():  # nothing can run any more: say so once, not per iteration
-                return self._result("failed", f"the working folder {self.spec.workdir} no longer exists", done,
-                                    False)
-            stop = self.progress.observe(result.session_id, result.change) if self.progress else None
-            if stop:
-                return self._result("failed", stop, done, False, "no_progress")
-            last_ok = result.status == "ok"
-            failures = 0 if last_ok else failures + 1
-            if until.max_consecutive_failures and failures >= until.max_consecutive_failures:
-                return self._result("failed", f"{failures} consecutive failed iterations", done, False)
-            if until.max_cost_usd is not None and cost >= until.max_cost_usd:
-                return self._result("failed", f"cost ${cost:.4f} reached max_cost_usd", done, False)
+            facts, told = self.iteration(iteration, previous, deadline, told)
+            previous = facts.session_id
+            stop = judge.after_iteration(facts)
+            if stop is None and not self.spec.workdir.is_dir():  # nothing can run any more: say so once
+                stop = Stop("error", f"the working folder {self.spec.workdir} no longer exists")
+            if stop is not None:
+                return self._result(stop, judge.done)
 
     # A shared batch's item: true once another host took it over (this one could not renew its lease).
     taken_over: Callable[[], bool] | None = None
 
-    def _result(self, status: str, reason: str, iterations: int, ok: bool,
-                stop_reason: str | None = None) -> LoopResult:
-        return LoopResult(self.item, status, reason, iterations, ok, stop_reason)
+    def _result(self, stop: Stop, iterations: int) -> LoopResult:
+        return LoopResult(self.item, stop.status, stop.words, iterations, stop.ok, stop.reason)
 
-    def iteration(self, number: int, previous: str | None, deadline: float | None) -> IterationResult:
+    def iteration(self, number: int, previous: str | None, deadline: float | None,
+                  told: str = "") -> tuple[Facts, str]:
+        """One iteration, given the previous one's feedback; returns its facts and its own feedback."""
         spec, sv = self.spec, self.sv
-        values = placeholder_values(spec.name, number, self.item, sv.run_id)
+        values = placeholder_values(spec.name, number, self.item, sv.run_id, told)
         session = Session(new_session_id(), render(spec.title_template, values), sv.run_id, spec.name, number,
-                          self.item, sv.state_dir, previous)
+                          self.item, sv.state_dir, previous, told)
         span = sv.tel.span("ralph.iteration", {
             "session.id": session.id, "session.title": session.title, "ralph.iteration": number,
             "ralph.loop": spec.name, "ralph.run_id": sv.run_id, "session.previous_id": previous,
@@ -147,46 +121,60 @@ class ItemLoop:
         }, parent=self.run_span)
         sv.store.start_session(id=session.id, run_id=sv.run_id, loop=spec.name, title=session.title,
                                iteration=number, item=self.item, previous_id=previous,
-                               trace_id=span.trace_id or None, span_id=span.span_id or None)
+                               trace_id=span.trace_id or None, span_id=span.span_id or None, feedback=told or None)
         sv.console.iteration_start(session)
         sv.runlog.info("iteration started", session, span, title=session.title)
         before = self.provenance.before(session, span)
 
+        self._failure = None
         ok, agent = self._steps(session, span, "before", deadline), None
         if ok and not sv.cancel.cancelled:
             agent = self._agent(session, span, values, deadline)
             ok = agent.outcome.ok
+            if not ok:
+                self._failed(session, "agent", agent.outcome, agent.attempt)
         after_ok = self._steps(session, span, "after", deadline)
         ok = ok and after_ok
-        complete = bool(agent and agent.matched)
-        check = self.spec.config.until.command_succeeds
-        if check is not None and agent is not None and not complete and not sv.cancel.cancelled:
+        until = self.spec.config.until
+        claimed, check, passed = bool(agent and agent.matched), until.command_succeeds, None
+        if check is not None and agent is not None and not claim_suffices(until, claimed) \
+                and not sv.cancel.cancelled:
             outcome = run_step(sv, session, span, StepCall("check", "check", shell_argv(check)), deadline=deadline)
-            complete = outcome.ok
-
-        if sv.cancel.cancelled:
-            status = "interrupted"
-        elif complete:
-            status = "complete"
-        elif agent is not None and agent.outcome.status == "timeout":
-            status = "timeout"
-        else:
-            status = "ok" if ok else "failed"
+            passed = outcome.ok
+            if not outcome.ok:  # what failed is the check, whatever else did
+                self._failure = None
+                self._failed(session, "check", outcome, 1)
+        status = verdict(until, cancelled=sv.cancel.cancelled, claimed=claimed, check_passed=passed,
+                         agent_status=agent.outcome.status if agent else None, ok=ok)
         change = self.provenance.after(before, session, span)
         report = agent.report if agent else AgentReport()
+        failure = self._failure if status not in ("complete", "interrupted") else None
+        facts = Facts(session.id, status, report.cost_usd, failure, change)
+        told_next = feedback(facts, until)
         sv.store.finish_session(session.id, status, agent_session_id=report.agent_session_id,
-                                tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd)
+                                tokens_in=report.tokens_in, tokens_out=report.tokens_out, cost_usd=report.cost_usd,
+                                fingerprint=failure.fingerprint if failure else None)
         # gen_ai.usage.* is on each agent attempt's span: backends sum it, so the iteration has its own names.
-        span.set_many({"ralph.outcome": status, semconv.ITERATION_INPUT_TOKENS: report.tokens_in,
+        span.set_many({"ralph.outcome": status, "ralph.failure.fingerprint": failure.fingerprint if failure else None,
+                       semconv.ITERATION_INPUT_TOKENS: report.tokens_in,
                        semconv.ITERATION_OUTPUT_TOKENS: report.tokens_out, "ralph.cost_usd": report.cost_usd,
                        "ralph.agent.session_id": report.agent_session_id})
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
-        sv.runlog.info(f"iteration {status}", session, span, status=status)
+        sv.runlog.info(f"iteration {status}", session, span, status=status,
+                       fingerprint=failure.fingerprint if failure else None)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
         if change is not None:  # what it did to the code, as `ralph sessions` shows it
             detail = " · ".join(filter(None, (detail, compact_change(change))))
         sv.console.iteration_end(session, status, detail)
-        return IterationResult(session.id, status, report.cost_usd, change)
+        return facts, told_next
+
+    _failure: Failure | None = None
+
+    def _failed(self, session: Session, step: str, outcome: Outcome, attempt: int) -> None:
+        """The first thing that failed this iteration (a step, the agent; the check overrides)."""
+        if self._failure is None:
+            log = self.sv.log_path(session, step, attempt)
+            self._failure = Failure(step, outcome.status, outcome.exit_code, outcome.reason, tail(log))
 
     def _steps(self, session: Session, span: Span, kind: str, deadline: float | None) -> bool:
         ok = True
@@ -201,7 +189,10 @@ class ItemLoop:
 
     def _step(self, session: Session, span: Span, step: Step, kind: str, deadline: float | None) -> bool:
         call = StepCall(step.name, kind, shell_argv(step.run), timeout=step.timeout)
-        return run_step(self.sv, session, span, call, deadline=deadline).ok
+        outcome = run_step(self.sv, session, span, call, deadline=deadline)
+        if not outcome.ok and not step.continue_on_error:
+            self._failed(session, step.name, outcome, 1)
+        return outcome.ok
 
     def _agent(self, session: Session, span: Span, values: dict[str, object], deadline: float | None) -> AgentResult:
         agent = self.spec.config.agent
@@ -214,9 +205,12 @@ class ItemLoop:
         def attempt() -> AgentResult:
             if attempts and self.sv.cancel.cancelled:
                 return attempts[-1]
-            result = self._agent_attempt(session, span, prompt, len(attempts) + 1, until, report, deadline)
-            attempts.append(result)
-            return result
+            while True:  # a usage limit pauses, then the same iteration goes on in the same session
+                self.sv.pauses.wait(self.preset.name, self.sv.cancel)
+                result = self._agent_attempt(session, span, prompt, len(attempts) + 1, until, report, deadline)
+                attempts.append(result)
+                if result.limit is None or not self._pause(session, span, result.limit, deadline):
+                    return result
 
         if retry.attempts == 1:  # no retries: what tenacity would return, without building it every iteration
             return attempt()
@@ -255,10 +249,26 @@ class ItemLoop:
     def _sleep(self, seconds: float) -> None:
         self.sv.cancel.wait(seconds)  # an interrupt cuts the backoff short
 
+    def _pause(self, session: Session, span: Span, hit: LimitHit, deadline: float | None) -> bool:
+        """Wait out a usage limit (every item on this preset waits too). False: do not run again
+        (interrupted, or max_duration came first)."""
+        if self.sv.cancel.cancelled:
+            return False
+        until = resume_at(hit, self.spec.config.agent.usage_limit.wait, deadline)
+        self.sv.pauses.hold(self.preset.name, until)
+        span.event("ralph.usage_limit", {"ralph.usage_limit.message": hit.words,
+                                         "ralph.usage_limit.resumes_at": round(until, 3)})
+        self.sv.console.paused(session, until, "usage limit")
+        self.sv.runlog.info("paused: usage limit", session, span, said=hit.words, until=round(until, 3))
+        self.sv.pauses.wait(self.preset.name, self.sv.cancel)
+        return not self.sv.cancel.cancelled and (deadline is None or time.monotonic() < deadline)
+
     def _agent_attempt(self, session: Session, span: Span, prompt: str | None, number: int, until: StreamMatcher,
                        report: AgentReport, deadline: float | None) -> AgentResult:
         agent = self.spec.config.agent
         retry_on = StreamMatcher(agent.retry.on_output, ignore_case=True)
+        claims = EchoFilter(prompt, until)  # an echoed prompt claims nothing
+        watch = LimitWatch(agent.usage_limit.pattern)
         ctx_holder: list[AgentContext] = []
         parser_holder: list[StreamParser] = []
         said: list[str] = []  # the model's last words, for output.value
@@ -287,16 +297,21 @@ class ItemLoop:
 
         def on_output(data: bytes) -> None:
             if not parser_holder:
-                until.feed(data)
+                claims.feed(data)
                 retry_on.feed(data)
+                if watch.pattern is not None:
+                    for line in splitter.feed(data):
+                        watch.line(line.decode("utf-8", "replace"))
                 return
             shown = []
             for line in splitter.feed(data):
                 display, text = parser_holder[0].feed(line)
                 if text:
                     said[:] = [text]
-                    until.feed(text.encode("utf-8") + b"\n")
+                    claims.feed_text(text)
                     retry_on.feed(text.encode("utf-8") + b"\n")
+                elif display:  # not the model's words: the CLI's own (stderr, errors)
+                    watch.line(display)
                 if display is not None:
                     shown.extend(display.encode("utf-8").split(b"\n"))  # each line gets the prefix
             self.sv.console.output_lines(session, "agent", shown)
@@ -306,6 +321,10 @@ class ItemLoop:
                 on_output(b"")
                 for line in splitter.flush():
                     parser_holder[0].feed(line)
+            else:
+                claims.flush()
+                for line in splitter.flush():
+                    watch.line(line.decode("utf-8", "replace"))
             parser = parser_holder[0] if parser_holder else None
             provider, model = self.preset.model_info(agent.model)
             tel = self.sv.tel
@@ -327,7 +346,10 @@ class ItemLoop:
                 for note in self.preset.cleanup(ctx):
                     self.sv.runlog.info(note, session, span, step="agent", attempt=number)
         self._retry_hit = retry_on.found
-        return AgentResult(outcome, until.found is not None, report)
+        hit = watch.hit or (parser_holder[0].limit if parser_holder else None)
+        if self.sv.cancel.cancelled or until.found is not None:
+            hit = None  # interrupted, or done anyway: nothing to run again
+        return AgentResult(outcome, until.found is not None, report, number, hit)
 
 
 def _spent(before: int | None, after: int | None) -> int | None:
@@ -335,20 +357,24 @@ def _spent(before: int | None, after: int | None) -> int | None:
     return None if after is None else after - (before or 0)
 
 
-def _exit_status(results: list[LoopResult], cancel: CancelToken) -> tuple[str, int, str]:
+def _exit_status(results: list[LoopResult], cancel: CancelToken) -> tuple[str, int, str, str]:
+    """The run's status, exit code, words, and stop_reason (a batch's: its first unsuccessful item's)."""
     if cancel.cancelled and cancel.signum is not None:
-        return "interrupted", 128 + cancel.signum, "interrupted"
+        return "interrupted", 128 + cancel.signum, "interrupted", "interrupted"
     failed = [r for r in results if not r.succeeded]
     if not results:
-        return "ok", EXIT_OK, "no items to run"
+        return "ok", EXIT_OK, "no items to run", "complete"
     if not failed:
         why = results[0].reason if len(results) == 1 else f"all {len(results)} items succeeded"
-        return "complete" if all(r.status == "complete" for r in results) else "ok", EXIT_OK, why
+        complete = all(r.status == "complete" for r in results)
+        reason = "complete" if complete else next(r.stop_reason for r in results if r.status != "complete")
+        return "complete" if complete else "ok", EXIT_OK, why, reason
     if len(results) == 1:
         item = f"item {failed[0].item}: " if failed[0].item is not None else ""
-        return failed[0].status, EXIT_FAILED, item + failed[0].reason
+        return failed[0].status, EXIT_FAILED, item + failed[0].reason, failed[0].stop_reason
     names = ", ".join(f"{r.item} ({r.reason})" for r in failed)
-    return "failed", EXIT_FAILED, f"{len(failed)} of {len(results)} items did not succeed: {names}"
+    return ("failed", EXIT_FAILED, f"{len(failed)} of {len(results)} items did not succeed: {names}",
+            failed[0].stop_reason)
 
 
 def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> int:
@@ -407,24 +433,27 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
                 queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel,
                                      console.warn, only=bool(options.items or options.shard))
                 results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
-                status, code, detail = _exit_status(results, cancel)
+                status, code, detail, stop_reason = _exit_status(results, cancel)
             except BaseException as exc:
                 status, code, detail = "error", exit_code_for(exc), f"{type(exc).__name__}: {exc}"
+                stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
                 raise
             finally:
                 # Every record of the run's end is attempted even if one fails (a full disk), and
                 # spans are flushed while a second Ctrl-C is still only a request.
                 _closing([
                     lambda: queue.close() if queue else None,
-                    lambda: store.finish_run(run_id, status, code),
-                    lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code}),
+                    lambda: store.finish_run(run_id, status, code, stop_reason),
+                    lambda: run_span.set_many({"ralph.outcome": status, "process.exit.code": code,
+                                               "ralph.stop_reason": stop_reason}),
                     lambda: run_span.end(None if code == EXIT_OK else status, detail),
                     lambda: runlog.info(f"run {status}", span=run_span, status=status, exit_code=code,
-                                        detail=detail),
+                                        detail=detail, stop_reason=stop_reason),
                     lambda: live.close() if live is not None else None,  # after the run's end is recorded
                     console.close,
                     # An error's one line comes from errors.guard; --json still gets its run.end event.
-                    lambda: console.run_end(run_id, status, code, detail) if status != "error" or options.json
+                    lambda: console.run_end(run_id, status, code, detail, stop_reason)
+                    if status != "error" or options.json
                     else None,
                     tel.shutdown,
                 ], failing=status == "error")

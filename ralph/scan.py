@@ -30,3 +30,43 @@ class StreamMatcher:
         if self.keep:
             self.tail = (self.tail + data)[-self.keep:] if len(data) < self.keep else data[-self.keep:]
         return False
+
+
+class EchoFilter:
+    """Feeds ``matcher`` line by line, leaving out every line that repeats a line of the prompt: a
+    CLI or script that echoes its prompt (which names the promise) has not claimed anything."""
+
+    def __init__(self, prompt: str | None, matcher: StreamMatcher) -> None:
+        self.matcher = matcher
+        self.echo = {line.strip().encode("utf-8") for line in (prompt or "").splitlines() if line.strip()}
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        """Raw output, in chunks of any size."""
+        if not self.echo:  # nothing to leave out: the chunk as it came
+            self.matcher.feed(data)
+            return
+        data = self.pending + data
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:][-65536:]
+        if self.matcher.found is not None:
+            return
+        # A pattern is found within one line: a chunk of whole lines without any (the usual case)
+        # needs no splitting (memchr-speed search instead of a Python loop over its lines).
+        probe = data.lower() if self.matcher.ignore_case else data
+        if any(p in probe for p in self.matcher.patterns):
+            self._lines(data[:cut].split(b"\n")[:-1])
+
+    def feed_text(self, text: str) -> None:
+        """Text that is whole lines already (what a preset's parser calls the model's words)."""
+        self._lines(text.encode("utf-8").split(b"\n"))
+
+    def flush(self) -> None:
+        rest, self.pending = self.pending, b""
+        if rest:
+            self._lines([rest])
+
+    def _lines(self, lines: list[bytes]) -> None:
+        kept = [line for line in lines if line.strip() not in self.echo]
+        if kept:  # one feed per chunk, not per line
+            self.matcher.feed(b"\n".join(kept) + b"\n")

@@ -57,9 +57,10 @@ def render(template: str, values: Mapping[str, object]) -> str:
     return PLACEHOLDER_RE.sub(sub, template)
 
 
-def placeholder_values(loop: str, iteration: int, item: str | None, run_id: str) -> dict[str, object]:
+def placeholder_values(loop: str, iteration: int, item: str | None, run_id: str,
+                       feedback: str = "") -> dict[str, object]:
     return {"loop": loop, "iteration": iteration, "item": item or "", "run_id": run_id,
-            "date": _date.today().isoformat()}
+            "date": _date.today().isoformat(), "feedback": feedback}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Session:
     item: str | None
     state_dir: Path
     previous_id: str | None = None
+    feedback: str = ""  # why the previous iteration did not complete
 
     def env(self, step: str, attempt: int = 1) -> dict[str, str]:
         return {
@@ -88,6 +90,8 @@ class Session:
             "RALPH_STEP": step,
             "RALPH_ITEM": self.item or "",
             "RALPH_STATE_DIR": str(self.state_dir),
+            "RALPH_PREVIOUS_SESSION_ID": self.previous_id or "",
+            "RALPH_FEEDBACK": self.feedback,
         }
 
     def with_id(self, session_id: str) -> Session:

@@ -83,7 +83,7 @@ def find_target(state_dir: Path, ident: str | None) -> Target:
     finally:
         store.close()
     session = Session(row["id"], row["title"], row["run_id"], row["loop"], row["iteration"], row["item"],
-                      state_dir, row.get("previous_id"))
+                      state_dir, row.get("previous_id"), row.get("feedback") or "")
     target = Target(session, row, run)
     loop_file = (run or {}).get("loop_file")
     if loop_file:

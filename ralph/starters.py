@@ -17,8 +17,11 @@ name: {name}
 title: "{name} #{{iteration}}"
 agent:
   preset: command            # or an agent preset: ralph init --preset opencode|claude|codex|gemini|...
-  command: ["sh", "-c", "echo \\"session $OPENCODE_SESSION_ID: $OPENCODE_SESSION_TITLE\\"; cat"]
-  prompt_file: PROMPT.md     # goes to the command's standard input
+  # A stand-in agent: shows its session and the prompt it got (an echoed prompt claims nothing),
+  # and says the promise from iteration 2 on.
+  command: ["sh", "-c", "echo \\"session $OPENCODE_SESSION_ID: $OPENCODE_SESSION_TITLE\\"; cat;
+            [ \\"$RALPH_ITERATION\\" -lt 2 ] || echo '<promise>COMPLETE</promise>'"]
+  prompt_file: PROMPT.md     # goes to the command's standard input; {{feedback}}: why the last one did not finish
   timeout: 30m
   idle_timeout: 10m
 until:

@@ -13,6 +13,7 @@ from ralph import semconv
 from ralph.console import Console, LineSplitter
 from ralph.errors import StateError
 from ralph.interrupt import CancelToken
+from ralph.limits import Pauses
 from ralph.process import Outcome, Request, run
 from ralph.runlog import RunLog
 from ralph.session import Session, child_env
@@ -49,6 +50,7 @@ class Services:
     loop_env: Mapping[str, str]
     inbound_trace: Mapping[str, str]  # handed on to children when we make no spans of our own
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    pauses: Pauses = field(default_factory=Pauses)  # usage-limit pauses the run's items share
 
     def log_path(self, session: Session, name: str, attempt: int) -> Path:
         file = f"{name}.log" if attempt == 1 else f"{name}.attempt{attempt}.log"

@@ -52,6 +52,9 @@ class Span:
     def carrier(self) -> dict[str, str]:
         return {}
 
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """A span event (a usage-limit pause)."""
+
     def activate(self) -> contextlib.AbstractContextManager[Any]:
         """Make this the current span (log records and metric exemplars pick it up)."""
         return contextlib.nullcontext()
@@ -73,6 +76,9 @@ class _OtelSpan(Span):
         if value is not None:
             self._span.set_attribute(key, value)
             self._attributes[key] = value
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self._span.add_event(name, {k: v for k, v in attributes.items() if v is not None})
 
     def carrier(self) -> dict[str, str]:
         from opentelemetry import trace

@@ -128,7 +128,8 @@ def show(state_dir: Path, ident: str, as_json: bool) -> int:
     if data["kind"] == "session":
         out += _session_lines(data, indent="")
     else:
-        out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}  exit {data.get('exit_code')}  "
+        stopped = f" ({data['stop_reason']})" if data.get("stop_reason") else ""
+        out.append(f"run {data['id']}  loop {data['loop']}  {data['status']}{stopped}  exit {data.get('exit_code')}  "
                    f"{_when(data['started'])}  {_fmt_duration(data['duration'])}"
                    + (f"  host {data['host']}" if data.get("host") else ""))
         if data.get("trace_id"):
@@ -157,6 +158,8 @@ def _session_lines(s: dict[str, Any], indent: str) -> list[str]:
         extras.append(f"tokens {s['tokens_in']} in / {s.get('tokens_out') or 0} out")
     if s.get("cost_usd") is not None:
         extras.append(f"cost ${s['cost_usd']:.4f}")
+    if s.get("fingerprint"):  # what the judge compared for same_failure
+        extras.append(f"failure {s['fingerprint']}")
     if extras:
         lines.append(f"{indent}  " + "  ".join(extras))
     from ralph.provenance import show_lines

@@ -34,6 +34,16 @@ def test_schema_is_json_schema_of_the_loop_file() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert {"name", "title", "workdir", "env", "agent", "steps", "until", "batch"} <= set(schema["properties"])
     assert schema["required"] == ["name", "agent"]
+    # Loop judgement: its keys, the {feedback} placeholder and the stop reasons are documented there.
+    defs = schema["$defs"]
+    assert {"same_failure", "output_contains"} <= set(defs["Until"]["properties"])
+    assert "same failure fingerprint" in defs["Until"]["properties"]["same_failure"]["description"]
+    for reason in ("complete", "max_iterations", "max_duration", "max_cost", "max_consecutive_failures",
+                   "no_progress", "same_failure", "interrupted", "error"):
+        assert reason in defs["Until"]["description"]
+    assert set(defs["UsageLimit"]["properties"]) == {"pattern", "wait"}
+    assert "usage_limit" in defs["Agent"]["properties"]
+    assert "{feedback}" in defs["Agent"]["properties"]["prompt"]["description"]
 
 
 def test_init_writes_a_loop_that_validates_and_runs(tmp_path) -> None:
@@ -41,8 +51,16 @@ def test_init_writes_a_loop_that_validates_and_runs(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert ralph("validate", "starter/ralph.yaml").returncode == 0
     assert ralph("init", "starter").returncode == 2  # no silent overwrite
-    run = ralph("run", "starter/ralph.yaml")
+    run = ralph("run", "starter/ralph.yaml", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    # Its stand-in agent echoes the prompt, which names the promise: that claims nothing. It says
+    # the promise itself in iteration 2, and is told in its prompt why iteration 1 did not finish.
+    assert [e["status"] for e in events if e["event"] == "iteration.end"] == ["ok", "complete"]
+    second = [e["line"] for e in events if e["event"] == "output" and e["iteration"] == 2]
+    assert second[-1] == "<promise>COMPLETE</promise>"
+    assert any("did not say '<promise>COMPLETE</promise>'" in line for line in second)
+    assert events[-1]["event"] == "run.end" and events[-1]["stop_reason"] == "complete"
 
 
 def test_version() -> None:

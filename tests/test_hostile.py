@@ -172,7 +172,8 @@ DUMP = [PY, "-c", (
     "key = hashlib.sha256(e['RALPH_ITEM'].encode()).hexdigest()[:12]\n"
     "(pathlib.Path(e['DUMP']) / f\"{e['RALPH_STEP']}-{key}.json\").write_text(json.dumps(e))\n"
 )]
-HOSTILE = ["$(touch pwned-item)", "`touch pwned-tick`", "a'b\"c; touch pwned-semi", "line one\nline two",
+# An item with a newline or another control character is rejected at its line (tests/test_loader.py).
+HOSTILE = ["$(touch pwned-item)", "`touch pwned-tick`", "a'b\"c; touch pwned-semi", "line one\\nline two\u2028",
            "ünïcødé ✓ 🎉", "${HOME} $((1+1)) \\n %s {loop}", "-rf --help", "$'\\x41'"]
 
 

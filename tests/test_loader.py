@@ -43,6 +43,24 @@ BAD = [
     ("- just\n- a list\n", 1, None, "mapping"),
     ("", 1, None, "empty"),
     ("name: a\n", 1, "agent", "required"),
+    # Loop judgement and the newcomer's niceties.
+    ("name: a\nagent:\n  comand: x\n", 3, "agent.comand", 'unknown key (did you mean "command"?)'),
+    ("name: a\nagent: {command: x}\nuntil: {max_iteratons: 3}\n", 3, "until.max_iteratons",
+     'did you mean "max_iterations"?'),
+    ("name: a\nagent: {command: x}\nsteps:\n  after:\n    - {name: s, rnu: x}\n", 5, "steps.after[0].rnu",
+     'did you mean "run"?'),
+    ("name: a\nagent:\n  command: true\n", 3, "agent.command", "a YAML boolean (true/false, yes/no, on/off) "
+     "where text is expected: put the value in quotes"),
+    ("name: a\nagent:\n  command: x\n  prompt: yes\n", 4, "agent.prompt", "put the value in quotes"),
+    ("name: a\nagent: {command: x}\nbatch:\n  items:\n    - api\n    - \"web\\nworker\"\n", 6, "batch.items[1]",
+     "may not contain a control character (\\n)"),
+    ("name: a\nagent: {command: x}\nuntil: {same_failure: 0}\n", 3, "until.same_failure", "greater than"),
+    ("name: a\nagent:\n  command: x\n  usage_limit: {pattern: 'limit (', wait: 1m}\n", 4,
+     "agent.usage_limit.pattern", "not a valid regular expression"),
+    ("name: a\nagent:\n  command: x\n  usage_limit: {wait: soon}\n", 4, "agent.usage_limit.wait", "duration"),
+    ("name: a\ntitle: 'Fix #{iteration} {feedback}'\nagent: {command: x}\n", 2, "title",
+     "{feedback} is for prompts, not titles"),
+    ("name: a\nenv: {RALPH_FEEDBACK: x}\nagent: {command: x}\n", 2, "env.RALPH_FEEDBACK", "set by ralph"),
 ]
 
 
@@ -122,6 +140,7 @@ def test_every_contract_key_parses_into_frozen_records(tmp_path: Path) -> None:
           timeout: 30m
           idle_timeout: 1h30m
           retry: {attempts: 3, backoff: 2s, max_backoff: 1m, on_exit_codes: [75], on_output: ["rate limit"]}
+          usage_limit: {pattern: "usage limit reached", wait: 1h}
         steps:
           before: [{name: sync, run: git pull --ff-only}]
           after:
@@ -133,6 +152,7 @@ def test_every_contract_key_parses_into_frozen_records(tmp_path: Path) -> None:
           command_succeeds: pytest -q
           max_consecutive_failures: 3
           max_cost_usd: 5.0
+          same_failure: 3
         batch:
           items_file: items.txt
           parallel: 3
@@ -144,12 +164,37 @@ def test_every_contract_key_parses_into_frozen_records(tmp_path: Path) -> None:
     assert (c.agent.timeout, c.agent.idle_timeout) == (1800.0, 5400.0)
     assert c.agent.retry.on_exit_codes == (75,) and c.agent.retry.max_backoff == 60.0
     assert c.steps.after[0].continue_on_error is True and c.steps.after[0].timeout == 60.0
-    assert c.until.max_duration == 7200.0 and c.until.max_cost_usd == 5.0
+    assert c.until.max_duration == 7200.0 and c.until.max_cost_usd == 5.0 and c.until.same_failure == 3
+    assert (c.agent.usage_limit.pattern, c.agent.usage_limit.wait) == ("usage limit reached", 3600.0)
     assert c.batch is not None and c.batch.parallel == 3
     assert spec.prompt == "Fix {item} in {loop} #{iteration} {unknown} {{x}}"
     assert spec.workdir == tmp_path.resolve()
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
         c.agent.timeout = 1  # type: ignore[misc]
+
+
+def test_a_boolean_where_text_is_meant_is_one_line(tmp_path: Path) -> None:
+    path = write_loop(tmp_path, "name: a\nagent:\n  command: true\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.render().count("\n") == 0  # not one line per type of the union
+
+
+def test_control_characters_in_batch_items_are_rejected_at_their_line(tmp_path: Path, isolated: Path) -> None:
+    (tmp_path / "items.txt").write_text("api\n# a comment\nweb\x1b[31m\nworker\r\n", encoding="utf-8")
+    path = write_loop(tmp_path, "name: a\nagent: {command: x}\nbatch: {items_file: items.txt}\n")
+    result = ralph("run", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"{tmp_path / 'items.txt'}:3:1: a batch item may not contain a control "
+                                    "character (\\x1b): 'web\\x1b[31m'")
+    assert "\x1b" not in result.stderr  # shown escaped, never sent to the terminal
+    assert not (isolated / "ralph.db").exists()
+
+    path = write_loop(tmp_path, "name: a\nagent: {command: x}\nbatch:\n  items_command: printf 'a\\tb\\n'\n")
+    result = ralph("run", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:4:3: batch.items_command: line 1 of its output: a batch item may not contain a control " \
+           "character (\\t)" in result.stderr
 
 
 def test_workdir_defaults_to_the_current_folder(tmp_path: Path) -> None:

@@ -44,3 +44,22 @@ def test_a_pattern_cut_across_many_chunks_and_a_long_chunk_without_its_first_byt
 def test_no_patterns_never_match() -> None:
     matcher = StreamMatcher([], ignore_case=True)
     assert not matcher.feed(PROMISE.encode()) and matcher.found is None
+
+
+ECHOED = f"Work on it.\n  {PROMISE}\nthen stop"  # the prompt: its second line is the promise alone
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces, st.lists(st.integers(min_value=0, max_value=400), max_size=20))
+def test_echo_filter_claims_exactly_the_lines_that_are_not_the_prompts(parts: list[str], cuts: list[int]) -> None:
+    from ralph.scan import EchoFilter
+
+    data = "".join(parts).encode()
+    matcher = StreamMatcher([PROMISE])
+    claims = EchoFilter(ECHOED, matcher)
+    for chunk in _chunks(data, cuts):
+        claims.feed(chunk)
+    claims.flush()
+    echo = {line.strip() for line in ECHOED.encode().splitlines()}
+    expected = any(PROMISE.encode() in line for line in data.split(b"\n") if line.strip() not in echo)
+    assert (matcher.found == PROMISE) == expected

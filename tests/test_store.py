@@ -59,6 +59,27 @@ def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:
     rows = db_rows(isolated, "SELECT session_id, pid_start FROM steps ORDER BY id")
     assert rows[0] == {"session_id": "ses_old", "pid_start": None}
     assert rows[1]["pid_start"] is not None
+    # Migration 4 (loop judgement): why a run stopped, a session's fingerprint and feedback.
+    assert db_rows(isolated, "SELECT stop_reason FROM runs") == []
+    assert db_rows(isolated, "SELECT fingerprint, feedback FROM sessions") == []
+
+
+def test_a_version_2_history_gets_the_judgement_columns(isolated: Path) -> None:
+    store = Store(isolated)
+    store.close()
+    db = sqlite3.connect(isolated / "ralph.db")
+    db.executescript("""
+        ALTER TABLE runs DROP COLUMN stop_reason; ALTER TABLE sessions DROP COLUMN fingerprint;
+        ALTER TABLE sessions DROP COLUMN feedback; PRAGMA user_version = 2;
+        INSERT INTO runs (id, loop, status, started) VALUES ('run_old', 'l', 'complete', 1.0);
+    """)
+    db.close()
+    store = Store(isolated)
+    store.start_run("run_new", "l", None)
+    store.finish_run("run_new", "failed", 1, "same_failure")
+    store.close()
+    assert db_rows(isolated, "SELECT id, stop_reason FROM runs ORDER BY started") == [
+        {"id": "run_old", "stop_reason": None}, {"id": "run_new", "stop_reason": "same_failure"}]
 
 
 def test_a_corrupt_history_is_a_clear_state_error(isolated: Path) -> None:

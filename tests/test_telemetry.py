@@ -219,6 +219,7 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
         "ralph.run_id": runs[0]["id"],
         "ralph.loop": "spans",
         "ralph.outcome": "exhausted",
+        "ralph.stop_reason": "max_iterations",
         "process.exit.code": 1,
         "error.type": "exhausted",
         "openinference.span.kind": "CHAIN",
@@ -241,7 +242,9 @@ def test_every_span_carries_the_contract_attributes(tmp_path: Path, isolated: Pa
             "ralph.outcome": "ok",
             "openinference.span.kind": "CHAIN",
             "gen_ai.conversation.id": row["id"],
+            "ralph.failure.fingerprint": row["fingerprint"],  # the check failed: what the judge compares
         }
+        assert row["fingerprint"]
         if number > 1:
             expected["session.previous_id"] = sessions[number - 1]["id"]
         assert it["attributes"] == expected

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ralph.limits import LimitHit
 from ralph.loader import LoopSpec
 from ralph.process import GRACE
 from ralph.session import Session
@@ -92,6 +93,11 @@ class StreamParser:
     ``tool_finished`` with the call's ID. Calls still open when the agent ends become failed spans.
     ``model`` is the model the agent said it used (``gen_ai.response.model``).
     """
+
+    # Set when the CLI itself (its events or stderr, never the model's words) says a usage limit
+    # stopped it: the loop pauses until the reset and runs the iteration again. A class default, so
+    # a parser that sets nothing (or skips this __init__) has none.
+    limit: LimitHit | None = None
 
     def __init__(self) -> None:
         self.report = AgentReport()

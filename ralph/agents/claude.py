@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Mapping
@@ -27,11 +28,13 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.limits import LimitHit, reset_time
 
 # Fixed forever: changing it would change every derived UUID.
 NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")
 # What marks a process as started by one agent attempt: the attempt's own env.
 _ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
+_LIMIT_WORDS = re.compile(r"usage limit reached|limit reached\s*[∙·|]|hit your (?:usage )?limit", re.I)
 # Tool inputs worth showing, best first.
 _TOOL_KEYS = ("command", "file_path", "notebook_path", "path", "pattern", "url", "query", "description", "prompt")
 
@@ -87,8 +90,14 @@ class ClaudeParser(StreamParser):
             text = line.decode("utf-8", "replace").rstrip()
             return (text or None), None  # not the model's words: it does not count for output_contains
         kind = event.get("type")
+        if kind == "rate_limit_event":
+            return self._rate_limit(_obj(event.get("rate_limit_info"))), None
         if kind == "system":
             return self._system(event), None
+        if kind == "assistant" and event.get("is_api_error_message"):  # Claude Code's words, not the model's
+            said = "\n".join(str(b.get("text") or "") for b in _blocks(_obj(event.get("message")).get("content")))
+            self._api_error(event, said)
+            return (said or None), None
         if kind == "assistant":
             return self._assistant(_obj(event.get("message")))
         if kind == "user":
@@ -96,6 +105,26 @@ class ClaudeParser(StreamParser):
         if kind == "result":
             return self._result(event)
         return None, None
+
+    def _rate_limit(self, info: dict[str, Any]) -> str | None:
+        """Claude Code's own rate-limit report (subscriptions): ``rejected`` means it must wait."""
+        resets = info.get("resetsAt")
+        self._resets = float(resets) if _number(resets) else self._resets
+        if info.get("status") != "rejected":
+            return None
+        words = f"claude: {info.get('rateLimitType') or 'usage'} limit reached"
+        self.limit = LimitHit(words, self._resets)
+        return words
+
+    _resets: float | None = None
+
+    def _api_error(self, event: dict[str, Any], text: str) -> None:
+        """An API error of Claude Code's (never the model's text): a 429, or its limit messages
+        ("Claude AI usage limit reached|<epoch>", "5-hour limit reached ∙ resets 3pm")."""
+        limited = (event.get("api_error_status") == 429 or event.get("error") == "rate_limit"
+                   or event.get("api_error_type") == "rate_limit_error" or bool(_LIMIT_WORDS.search(text)))
+        if limited and self.limit is None:
+            self.limit = LimitHit(first_line(text) or "claude: rate limited", reset_time(text) or self._resets)
 
     def _system(self, event: dict[str, Any]) -> str | None:
         if event.get("subtype") == "init":
@@ -151,6 +180,7 @@ class ClaudeParser(StreamParser):
         turns = f" · {event['num_turns']} turns" if _number(event.get("num_turns")) else ""
         if event.get("is_error"):
             why = str(event.get("result") or event.get("subtype") or "error")
+            self._api_error(event, why)
             return f"{self.label}: error: {first_line(why)}{turns}{spent}", why  # counts for retry.on_output
         return f"{self.label}: {event.get('subtype') or 'done'}{turns}{spent}", None
 

@@ -9,6 +9,7 @@ docs/agent-presets.md (Codex CLI 0.169.0).
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any, TypeGuard
 
@@ -22,7 +23,11 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.limits import LimitHit, reset_time
 
+# Codex's errors for a plan's usage limit ("You've hit your usage limit … try again at 3:43 AM") and
+# for an API's rate limit ("exceeded retry limit, last status: 429 Too Many Requests").
+_LIMIT_WORDS = re.compile(r"usage limit|rate limit|\b429\b", re.I)
 # What marks a process as started by one agent attempt: the attempt's own env.
 _ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 
@@ -73,6 +78,8 @@ class CodexParser(StreamParser):
             if message == self._last_error:  # turn.failed repeats the error event before it
                 return None, None
             self._last_error = message
+            if _LIMIT_WORDS.search(message) and self.limit is None:  # codex's own error, not the model's
+                self.limit = LimitHit(first_line(message), reset_time(message))
             return f"codex: error: {first_line(message)}", message  # counts for retry.on_output
         return None, None
 

@@ -27,6 +27,7 @@ from ralph.agents.base import (
     as_text,
     end_processes_with_env,
 )
+from ralph.limits import LimitHit, reset_time, retry_after
 from ralph.process import Request, private_dirs, run
 
 FORMAT_VERSION = "1.18.33"  # the opencode version the import file's shape was verified with
@@ -102,6 +103,10 @@ class OpencodeParser(StreamParser):
             error = _obj(event.get("error"))
             data = _obj(error.get("data"))
             message = f"{error.get('name') or 'Error'}: {data.get('message') or ''}".rstrip(": ")
+            body = str(data.get("responseBody") or "")
+            if data.get("statusCode") == 429 or "UsageLimitError" in body:  # a limit opencode gave up waiting on
+                headers = _obj(data.get("responseHeaders"))
+                self.limit = self.limit or LimitHit(_first_line(message), retry_after(headers) or reset_time(body))
             return f"error: {message}", message  # counts for retry.on_output ("rate limit")
         return None, None
 

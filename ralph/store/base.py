@@ -19,9 +19,9 @@ from ralph.errors import StateError, UsageError
 from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
 
 T = TypeVar("T")
-FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted")
+FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted", "claim_rejected")
 # Iterations that ran to their end: what a resumed run counts against max_iterations.
-FINISHED = ("ok", "failed", "complete", "timeout")
+FINISHED = ("ok", "failed", "complete", "timeout", "claim_rejected")
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,13 @@ class Store:
                               "started": time.time(), "host": _hostname(), "pid": pid,
                               "pid_start": process_start(pid), **extra})
 
-    def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
+    def finish_run(self, run_id: str, status: str, exit_code: int, stop_reason: str | None = None) -> None:
         """The run's end; sessions and steps it left ``running`` (an interrupt, an error) end with it."""
         left = status if status in ("interrupted", "error") else "abandoned"
         def body(db: Any) -> None:
             now = _close_running(db, run_id, left)
-            db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ? WHERE id = ?",
-                       (status, exit_code, now, run_id))
+            db.execute("UPDATE runs SET status = ?, exit_code = ?, ended = ?, stop_reason = ? WHERE id = ?",
+                       (status, exit_code, now, stop_reason, run_id))
 
         try:
             self.atomically(body)

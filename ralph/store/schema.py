@@ -14,7 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL, exit_code INTEGER,
     started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT, trace_id TEXT,
-    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT
+    span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT, stop_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
     tokens_out INTEGER, cost_usd REAL, reason TEXT, files_changed INTEGER, insertions INTEGER,
     deletions INTEGER, commits TEXT, changed_files TEXT, git_before TEXT, git_after TEXT, git_head TEXT,
-    git_dir TEXT, git_root TEXT, git_branch TEXT, git_scope TEXT
+    git_dir TEXT, git_root TEXT, git_branch TEXT, git_scope TEXT, fingerprint TEXT, feedback TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_started ON sessions (started);
 CREATE INDEX IF NOT EXISTS sessions_run ON sessions (run_id, iteration);
@@ -55,7 +55,9 @@ MIGRATIONS = {
         "files_changed INTEGER", "insertions INTEGER", "deletions INTEGER", "commits TEXT", "changed_files TEXT",
         "git_before TEXT", "git_after TEXT", "git_head TEXT", "git_dir TEXT", "git_root TEXT", "git_branch TEXT",
         "git_scope TEXT")),
-    4: "",
+    # Loop judgement (issue 13): why a run stopped; a session's failure fingerprint and the feedback it was given.
+    4: "ALTER TABLE runs ADD COLUMN stop_reason TEXT; ALTER TABLE sessions ADD COLUMN fingerprint TEXT;"
+       "ALTER TABLE sessions ADD COLUMN feedback TEXT;",
     5: _QUEUE,
 }
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
-from tests.support.anthropic_server import ScriptedAnthropic, claude_env, error, text, tool_use
+from tests.support.anthropic_server import ScriptedAnthropic, claude_env, error, text, tool_use, usage_limit
 from tests.support.npm import NpmUnavailable, ensure_claude
 
 PROBE = ROOT / "tests" / "support" / "agent_probe.py"
@@ -198,6 +200,37 @@ def test_a_retry_resumes_the_same_claude_session(claude_bin: Path, on_path: dict
     assert json.dumps(api.scripted_requests[1]["messages"]).count("Iteration 1 of claude-test") == 2
     (final,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "result"]
     assert row["cost_usd"] == pytest.approx(final["total_cost_usd"])  # the session's total, counted once
+
+
+def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Path, on_path: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    # Claude Code reports a 429 as an API error (api_error_status 429, error "rate_limit"); with an
+    # API key it reads no reset time, so usage_limit.wait applies. The prompt names the promise.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"\n          max_consecutive_failures: 1',
+                     "usage_limit: {wait: 1s}")
+    turns = [usage_limit(int(time.time()) + 1), text(f"Fixed. {PROMISE}")]
+    with ScriptedAnthropic(turns) as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
+    (row,) = sessions()
+    claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    assert row["status"] == "complete" and row["agent_session_id"] == claude_id
+    steps = show(row["id"])["steps"]
+    assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
+    assert '"api_error_status":429' in Path(steps[0]["log_path"]).read_text().replace(" ", "")
+    assert len(api.scripted_requests) == 2
+
+
+def test_a_prompt_naming_the_promise_claims_nothing(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
+    # The claude CLI's echo of the user message (if any) and the prompt's own lines never count.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
+    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
+    with ScriptedAnthropic([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["status"] for r in sessions()] == ["ok", "complete"]
+    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
 
 
 def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import pytest
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.npm import NpmUnavailable, ensure_codex
-from tests.support.responses_server import ScriptedResponses, codex_env, error, exec_command, text
+from tests.support.responses_server import ScriptedResponses, codex_env, error, exec_command, text, usage_limit
 
 PROBE = ROOT / "tests" / "support" / "agent_probe.py"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -166,6 +168,36 @@ def test_a_retry_resumes_the_same_codex_thread(codex_bin: Path, tmp_path: Path) 
     # One thread: the resumed attempt's requests carry attempt 1's prompt as well as its own.
     assert json.dumps(api.scripted_requests[-1]["input"]).count("Iteration 1 of codex-test") == 2
     assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # the failed request reported none
+
+
+def test_a_usage_limit_pauses_until_its_reset_and_resumes_the_thread(codex_bin: Path, tmp_path: Path) -> None:
+    # Codex says "You've hit your usage limit … try again at 3:43 AM" (from the 429's resets_at):
+    # the pause lasts until then (a second or two here), and the same thread goes on.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"\n          max_consecutive_failures: 1',
+                     f"bin: {codex_bin}", "usage_limit: {wait: 1h}")  # the reset is read, not the 1h
+    turns = [usage_limit(int(time.time()) + 2), text(f"Fixed. {PROMISE}")]
+    with ScriptedResponses(turns) as api:
+        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hit your usage limit" in result.stdout
+    assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
+    (row,) = sessions()
+    steps = show(row["id"])["steps"]
+    assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
+    thread = events(steps[0]["log_path"])[0]["thread_id"]
+    assert row["status"] == "complete" and row["agent_session_id"] == thread
+    assert json.dumps(api.scripted_requests[-1]["input"]).count("Iteration 1 of codex-test") == 2
+
+
+def test_a_prompt_naming_the_promise_claims_nothing(codex_bin: Path, tmp_path: Path) -> None:
+    # The codex CLI's echo of the user message (if any) and the prompt's own lines never count.
+    loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")
+    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
+    with ScriptedResponses([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["status"] for r in sessions()] == ["ok", "complete"]
+    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
 
 
 def test_a_missing_codex_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -24,7 +25,7 @@ from handshake import PY, alive, db_rows, spans, wait_for_text
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.opencode import IMPORT_FILE, OpencodeParser, _Binding
-from tests.support.llm_server import ScriptedLLM, bash, text
+from tests.support.llm_server import ScriptedLLM, bash, rate_limited, text
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events, run_opencode
 
 MODEL = "scripted/scripted-model"
@@ -303,6 +304,36 @@ def test_an_interrupt_ends_opencode_and_what_its_bash_tool_started(
 
 
 # -- no opencode needed --------------------------------------------------------------------------
+
+
+@pytest.mark.opencode
+def test_a_rate_limit_opencode_gives_up_on_pauses_the_loop_and_continues_the_session(
+    opencode_bin: Path, tmp_path: Path, isolated: Path, no_opencode_settings: None
+) -> None:
+    """opencode retries a 429 itself (honouring retry-after-ms); when it gives up, its error event
+    carries the status and headers: ralph pauses until the retry-after, then runs the same
+    iteration again in the same opencode session. The prompt names the promise: no claim."""
+    (tmp_path / "work").mkdir()
+    loop = write_loop(tmp_path, f"""
+        name: oc-limited
+        workdir: work
+        agent:
+          preset: opencode
+          model: {MODEL}
+          prompt: "Fix the tests. Say {PROMISE} when done."
+        until: {{max_iterations: 1, max_consecutive_failures: 1, output_contains: "{PROMISE}"}}
+        """)
+    turns = [rate_limited(1, retry_after_ms=20)] * 6 + [text(f"Done. {PROMISE}")]
+    with ScriptedLLM(turns) as srv:
+        result = ralph("run", str(loop), env=ralph_env(tmp_path, srv, opencode_bin), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
+    (row,) = sessions(isolated)
+    assert row["status"] == "complete" and row["agent_session_id"] == row["id"]
+    steps = db_rows(isolated, "SELECT attempt, exit_code FROM steps ORDER BY id")
+    assert [s["attempt"] for s in steps] == [1, 2] and steps[1]["exit_code"] == 0
+    # One conversation: the last request carries the prompt of both runs.
+    assert json.dumps(srv.scripted_requests[-1]["messages"]).count("Fix the tests.") == 2
 
 
 def test_a_missing_opencode_is_a_usage_error_before_anything_runs(tmp_path: Path, isolated: Path) -> None:

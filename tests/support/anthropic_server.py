@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ScriptedAnthropic", "Turn", "claude_env", "error", "text", "tool_use"]
+__all__ = ["ScriptedAnthropic", "Turn", "claude_env", "error", "text", "tool_use", "usage_limit"]
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Turn:
     input_tokens: int = 100
     output_tokens: int = 20
     status: int = 200  # else: an HTTP error with a Messages-API error body
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers (rate limits)
 
 
 def text(content: str, **kw: Any) -> Turn:
@@ -50,6 +51,14 @@ def tool_use(name: str, arguments: dict[str, Any], **kw: Any) -> Turn:
 
 def error(status: int, message: str = "scripted error") -> Turn:
     return Turn(text=message, status=status)
+
+
+def usage_limit(resets_at: int, message: str = "Rate limited") -> Turn:
+    """A 429 the way Anthropic refuses a subscription over its limit: unified rate-limit headers
+    saying ``rejected`` and the reset time (epoch seconds)."""
+    return Turn(text=message, status=429, headers={
+        "anthropic-ratelimit-unified-status": "rejected", "anthropic-ratelimit-unified-reset": str(resets_at),
+        "anthropic-ratelimit-unified-representative-claim": "five_hour", "retry-after": "1"})
 
 
 def claude_env(tmp_path: Path, base_url: str) -> dict[str, str]:
@@ -126,9 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send_json(self, status: int, obj: Any) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
@@ -157,8 +168,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw or b"{}")
         turn = self.api._reply_for(body, dict(self.headers.items()))
         if turn.status != 200:
-            self._send_json(turn.status, {"type": "error", "error": {"type": "invalid_request_error",
-                                                                     "message": turn.text}})
+            kind = "rate_limit_error" if turn.status == 429 else "invalid_request_error"
+            self._send_json(turn.status, {"type": "error", "error": {"type": kind, "message": turn.text}},
+                            turn.headers)
             return
         message = _message(turn, body.get("model", "scripted"))
         if body.get("stream"):

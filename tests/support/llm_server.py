@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["ScriptedLLM", "Turn", "bash", "error", "is_title_request", "text", "tool_call"]
+__all__ = ["ScriptedLLM", "Turn", "bash", "error", "is_title_request", "rate_limited", "text", "tool_call"]
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Turn:
     delay: float = 0.0  # seconds to wait before answering (to test timeouts)
     status: int = 200  # non-200: answer with an OpenAI-style error body instead
     error: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers (retry-after)
 
 
 def text(content: str, **kw: Any) -> Turn:
@@ -70,6 +71,16 @@ def bash(command: str, description: str = "Run a command", **kw: Any) -> Turn:
 def error(status: int, message: str = "scripted error", **kw: Any) -> Turn:
     """An HTTP error reply (e.g. 400, 429, 500) with an OpenAI-style error body."""
     return Turn(status=status, error=message, **kw)
+
+
+def rate_limited(retry_after: float, message: str = "Rate limit reached", retry_after_ms: float | None = None,
+                 **kw: Any) -> Turn:
+    """A 429 with a ``retry-after`` header (seconds; ``retry-after-ms`` too if given), as an
+    OpenAI-compatible API refuses."""
+    headers = {"retry-after": f"{retry_after:g}"}
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = f"{retry_after_ms:g}"
+    return Turn(status=429, error=message, headers=headers, **kw)
 
 
 def _as_turn(item: Any) -> Turn:
@@ -193,9 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
 
-    def _send_json(self, status: int, obj: Any) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
@@ -239,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(
                 turn.status,
                 {"error": {"message": turn.error or "scripted error", "type": "scripted_error", "code": turn.status}},
+                turn.headers,
             )
         elif body.get("stream"):
             self._stream(turn, model)

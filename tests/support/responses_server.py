@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ScriptedResponses", "Turn", "codex_env", "error", "exec_command", "function_call", "text"]
+__all__ = ["ScriptedResponses", "Turn", "codex_env", "error", "exec_command", "function_call", "text",
+           "usage_limit"]
 
 
 @dataclass
@@ -36,6 +37,8 @@ class Turn:
     input_tokens: int = 100
     output_tokens: int = 20
     status: int = 200  # else: an HTTP error with an OpenAI-style error body
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers (rate limits)
+    error_fields: dict[str, Any] = field(default_factory=dict)  # extra fields of the error body
 
 
 def text(content: str, **kw: Any) -> Turn:
@@ -48,6 +51,14 @@ def function_call(name: str, arguments: dict[str, Any], **kw: Any) -> Turn:
 
 def error(status: int, message: str = "scripted error") -> Turn:
     return Turn(text=message, status=status)
+
+
+def usage_limit(resets_at: int, message: str = "The usage limit has been reached") -> Turn:
+    """A 429 the way ChatGPT-plan Codex is refused over its limit: ``usage_limit_reached`` with the
+    reset time (epoch seconds) and the seconds until it."""
+    return Turn(text=message, status=429, error_fields={
+        "type": "usage_limit_reached", "plan_type": "plus", "resets_at": resets_at,
+        "resets_in_seconds": max(0, resets_at - int(time.time()))})
 
 
 def exec_command(cmd: str, **kw: Any) -> Turn:
@@ -132,9 +143,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send_json(self, status: int, obj: Any) -> None:
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
@@ -158,7 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(raw or b"{}")
         turn = self.api._reply_for(body)
         if turn.status != 200:
-            self._send_json(turn.status, {"error": {"message": turn.text, "type": "server_error", "code": None}})
+            self._send_json(turn.status, {"error": {"message": turn.text, "type": "server_error", "code": None,
+                                                    **turn.error_fields}}, turn.headers)
             return
         self._stream(turn, body.get("model", "scripted"))
 
