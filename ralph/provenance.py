@@ -23,12 +23,25 @@ if TYPE_CHECKING:  # `ralph sessions` and `show` use the formatting below withou
 
 _warned: set[str] = set()  # run IDs that already told the user snapshots are off
 _warn_lock = threading.Lock()
+# (run ID, folder) -> its work tree: a batch's items share one folder, and asking git once per item
+# was a third of a wide batch's CPU. Once per run, so a repository made between runs is still seen.
+_repos: dict[tuple[str, str], git.Repo | None] = {}
 
 
 @dataclass(frozen=True)
 class Before:
     snapshot: str
     head: str | None
+
+
+def _find_repo(run_id: str, workdir: Path) -> git.Repo | None:
+    key = (run_id, str(workdir))
+    with _warn_lock:
+        if key in _repos:
+            return _repos[key]
+    repo = git.find_repo(workdir)  # outside the lock: items in different folders ask git side by side
+    with _warn_lock:
+        return _repos.setdefault(key, repo)
 
 
 def session_ref(session_id: str, which: str) -> str:
@@ -45,7 +58,7 @@ class Provenance:
 
     def __init__(self, sv: Services, workdir: Path, enabled: bool, scoped: bool = False) -> None:
         self.sv = sv
-        self.repo = git.find_repo(workdir) if enabled else None
+        self.repo = _find_repo(sv.run_id, workdir) if enabled else None
         self.temp = sv.state_dir / "tmp"
         # `workdir: services/{item}`: an item's change is what it did in its own folder, not its neighbours'
         self.scope = None
