@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +47,46 @@ def otel_attributes(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class JsonlHandler(logging.Handler):
+    """The JSON lines. Routine records (an iteration's and its steps' starts and ends) wait in a buffer
+    and go out in one write with the next other record or ``flush()``: the runner flushes at every
+    iteration's end, so a ``kill -9`` loses at most the records of the iteration in flight."""
+
     def __init__(self, path: Path) -> None:
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._stream = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._write_lock = threading.Lock()
+        self._pending: list[str] = []
+
+    def line(self, created: float, level: str, message: str, fields: dict[str, Any], later: bool = False) -> None:
+        text = json.dumps({"time": round(created, 6), "level": level, "message": message, **fields},
+                          ensure_ascii=False, default=str) + "\n"
+        with self._write_lock:
+            self._pending.append(text)
+            if not later:
+                self._flush()
 
     def emit(self, record: logging.LogRecord) -> None:
-        fields: dict[str, Any] = getattr(record, "ralph", {})
-        line = {"time": round(record.created, 6), "level": record.levelname.lower(),
-                "message": record.getMessage(), **fields}
+        self.line(record.created, record.levelname.lower(), record.getMessage(), getattr(record, "ralph", {}),
+                  getattr(record, "later", False))
+
+    def _flush(self) -> None:
+        if self._pending and self._fd >= 0:
+            data, self._pending = "".join(self._pending).encode("utf-8"), []
+            view = memoryview(data)
+            while view:  # O_APPEND: whole lines, even with another ralph (ralph exec) writing the same file
+                view = view[os.write(self._fd, view):]
+
+    def flush(self) -> None:
         with self._write_lock:
-            self._stream.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
-            self._stream.flush()
+            self._flush()
 
     def close(self) -> None:
         with self._write_lock:
-            self._stream.close()
+            self._flush()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
         super().close()
 
 
@@ -105,9 +128,12 @@ class RunLog:
 
     def add_handler(self, handler: logging.Handler) -> None:
         self.logger.addHandler(handler)
+        self._alone = False
+
+    _alone = True  # only the JSON lines read this run's records (no handler added)
 
     def log(self, level: int, message: str, session: Session | None = None, span: Span | None = None,
-            **fields: Any) -> None:
+            later: bool = False, **fields: Any) -> None:
         ctx: dict[str, Any] = {"run_id": self.run_id, "session_id": session.id if session else None,
                                "iteration": session.iteration if session else None}
         if session and session.item is not None:
@@ -117,15 +143,28 @@ class RunLog:
         ctx.update(fields)
         if not self.logger.isEnabledFor(level):
             return
+        if self._handler is not None and self._alone and not _bridged():
+            # Nobody else reads the record: the JSON line without a LogRecord and the logging machinery.
+            self._handler.line(time.time(), logging.getLevelName(level).lower(), message, ctx, later)
+            return
         # A record made directly: Logger.log would first walk the stack for a caller nobody reads.
         record = self.logger.makeRecord(self.logger.name, level, "(unknown file)", 0, message, (), None,
-                                        extra={"ralph": ctx})
+                                        extra={"ralph": ctx, "later": later})
         # Only OTel's log handler reads the current span; making it current costs more than the line.
         with span.activate() if span is not None and _bridged() else contextlib.nullcontext():
             self.logger.handle(record)
 
     def info(self, message: str, session: Session | None = None, span: Span | None = None, **fields: Any) -> None:
         self.log(logging.INFO, message, session, span, **fields)
+
+    def routine(self, message: str, session: Session | None = None, span: Span | None = None,
+                **fields: Any) -> None:
+        """An info record that may wait for the next ``flush()`` (or the next other record)."""
+        self.log(logging.INFO, message, session, span, True, **fields)
+
+    def flush(self) -> None:
+        if self._handler is not None:
+            self._handler.flush()
 
     def warning(self, message: str, session: Session | None = None, span: Span | None = None,
                 **fields: Any) -> None:

@@ -123,7 +123,7 @@ class ItemLoop:
                                iteration=number, item=self.item, previous_id=previous,
                                trace_id=span.trace_id or None, span_id=span.span_id or None, feedback=told or None)
         sv.console.iteration_start(session)
-        sv.runlog.info("iteration started", session, span, title=session.title)
+        sv.runlog.routine("iteration started", session, span, title=session.title)
         before = self.provenance.before(session, span)
 
         self._failure = None

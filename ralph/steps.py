@@ -93,8 +93,8 @@ def run_step(
     row: dict[str, Any] = {"session_id": session.id, "run_id": session.run_id, "name": call.name, "kind": call.kind,
                            "attempt": call.attempt, "log_path": str(log_path), "span_id": span.span_id or None,
                            "started": time.time()}
-    step_ids: list[int] = []  # the row is written when the child is spawned, with its PID
-    sv.runlog.info(f"step {call.name} started", session, span, step=call.name, attempt=call.attempt)
+    step_ids: list[Any] = []  # the row is written when the child is spawned, with its PID
+    sv.runlog.routine(f"step {call.name} started", session, span, step=call.name, attempt=call.attempt)
     sv.console.status(f"{session.loop} · iteration {session.iteration} · {session.id} · {call.name}")
     splitter = LineSplitter() if show_output and not sv.console.quiet else None
 
@@ -126,7 +126,7 @@ def run_step(
         error = {"timeout": "timeout", "interrupted": "interrupted", "error": "spawn_error"}.get(
             outcome.status, str(outcome.exit_code))
     span.end(error, outcome.reason)
-    sv.runlog.info(f"step {call.name} {outcome.status}", session, span, step=call.name, attempt=call.attempt,
+    sv.runlog.routine(f"step {call.name} {outcome.status}", session, span, step=call.name, attempt=call.attempt,
                    exit_code=outcome.exit_code, duration=round(outcome.duration, 6), status=outcome.status)
     sv.console.step_end(session, call.name, outcome.status, outcome.exit_code, outcome.duration, call.attempt,
                         outcome.reason)

@@ -114,7 +114,8 @@ def test_mark_abandoned_leaves_live_runs_and_other_hosts_alone(store: Store) -> 
     store.update_run("run_dead", pid=dead_pid.pid)
     store.update_run("run_away", pid=dead_pid.pid, host=socket.gethostname() + "-elsewhere")
     store.start_session(id="ses_1", run_id="run_dead", loop="demo", title="t", iteration=1)
-    step = store.start_step(session_id="ses_1", run_id="run_dead", name="agent", kind="agent", attempt=1)
+    step = store.step_id(store.start_step(session_id="ses_1", run_id="run_dead", name="agent", kind="agent",
+                                          attempt=1))
     assert step > 0
     assert store.mark_abandoned() == ["run_dead"]
     status = {r["id"]: r["status"] for r in rows(store, "SELECT id, status FROM runs")}

@@ -1,7 +1,8 @@
 """The history's one interface: runs, sessions and steps, whichever database holds them.
 
-Every write is its own short transaction so a ``kill -9`` loses at most the row in flight and two
-runs sharing a history never lock each other out for long.
+Every write is a short transaction so two runs sharing a history never lock each other out for long.
+A backend may queue an iteration's writes to a writer thread (``writer.GroupWriter``: SQLite does);
+an iteration's end waits for them, so a ``kill -9`` loses at most the iteration in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from ralph.errors import StateError, UsageError
 from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
+from ralph.store.writer import GroupWriter, PendingId
 
 T = TypeVar("T")
 FINAL = ("ok", "failed", "complete", "timeout", "interrupted", "abandoned", "error", "exhausted", "claim_rejected")
@@ -96,6 +98,7 @@ class Store:
     url: str | None = None  # a shared database's URL (None: the state folder's SQLite file)
     _lock: Any
     _errors: tuple[type[BaseException], ...] = ()
+    _writer: GroupWriter | None = None  # where the loop's row writes queue (None: written at once)
 
     def __new__(cls, state_dir: Path, create: bool = True, url: str | None = None) -> Store:
         if cls is not Store:
@@ -138,6 +141,47 @@ class Store:
         sets = ", ".join(f"{k} = :{k}" for k in row)
         self._write(f"UPDATE {table} SET {sets} WHERE id = :_key", {**row, "_key": key})  # noqa: S608
 
+    def _insert_later(self, table: str, row: dict[str, Any], pid: int | None = None) -> Any:
+        """An insert through the writer thread when there is one; its ID (a ``PendingId`` then)."""
+        if self._writer is None:
+            if pid is not None:
+                row.update(pid=pid, pid_start=process_start(pid))
+            return self._insert(table, row)
+        pending = PendingId()
+
+        def op(db: Any) -> None:
+            if pid is not None:  # /proc/PID/stat of a child still exec'ing is slow: read it here, not at spawn
+                row.update(pid=pid, pid_start=process_start(pid))
+            cols, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
+            pending.value = db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row).lastrowid  # noqa: S608
+
+        self._writer.put(op)
+        return pending
+
+    def _update_later(self, table: str, key: Any, row: dict[str, Any]) -> None:
+        if self._writer is None:
+            return self._update(table, key, row)
+        sets = ", ".join(f"{k} = :{k}" for k in row)
+        sql = f"UPDATE {table} SET {sets} WHERE id = :_key"  # noqa: S608 - our names
+
+        def op(db: Any) -> None:
+            db.execute(sql, {**row, "_key": key.value if isinstance(key, PendingId) else key})
+
+        self._writer.put(op)
+        return None
+
+    def step_id(self, handle: Any) -> int:
+        """The row ID behind what ``start_step`` returned, once written."""
+        if isinstance(handle, PendingId):
+            self.flush()
+            return handle.value
+        return int(handle)
+
+    def flush(self) -> None:
+        """Everything queued so far is committed (raises what the writer could not write)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     # -- writes ---------------------------------------------------------------------------------
     def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
         pid = os.getpid()
@@ -162,24 +206,25 @@ class Store:
         self._update("runs", run_id, fields)
 
     def start_session(self, **row: Any) -> None:
-        self._insert("sessions", {"status": "running", "started": time.time(), **row})
+        self._insert_later("sessions", {"status": "running", "started": time.time(), **row})
 
     def finish_session(self, session_id: str, status: str, **fields: Any) -> None:
-        self._update("sessions", session_id, {"status": status, "ended": time.time(), **fields})
+        """The iteration's end: returns once it and everything before it is committed."""
+        self._update_later("sessions", session_id, {"status": status, "ended": time.time(), **fields})
+        self.flush()
 
     def update_session(self, session_id: str, **fields: Any) -> None:
-        self._update("sessions", session_id, fields)
+        self._update_later("sessions", session_id, fields)
 
-    def start_step(self, pid: int | None = None, **row: Any) -> int:
+    def start_step(self, pid: int | None = None, **row: Any) -> Any:
         """A step's row, written once its child is spawned: with the child's PID and start time, so
-        the next ralph can end it if this one dies (one write per step start, not two)."""
-        if pid is not None:
-            row.update(pid=pid, pid_start=process_start(pid))
-        return self._insert("steps", {"status": "running", "started": time.time(), **row})
+        the next ralph can end it if this one dies (one write per step start, not two). Its ID is for
+        ``finish_step`` only (a ``PendingId`` while the write is queued)."""
+        return self._insert_later("steps", {"status": "running", "started": time.time(), **row}, pid)
 
-    def finish_step(self, step_id: int, status: str, exit_code: int | None, **fields: Any) -> None:
-        self._update("steps", step_id, {"status": status, "exit_code": exit_code, "ended": time.time(),
-                                         **fields})
+    def finish_step(self, step_id: Any, status: str, exit_code: int | None, **fields: Any) -> None:
+        self._update_later("steps", step_id, {"status": status, "exit_code": exit_code, "ended": time.time(),
+                                               **fields})
 
     def mark_abandoned(self, warn: Callable[[str], None] | None = None) -> list[str]:
         """Runs left ``running`` by a ralph that died (kill -9, power loss) become ``abandoned``, with

@@ -13,6 +13,7 @@ from typing import Any
 from ralph.errors import StateError
 from ralph.store.base import Store, ensure_dir
 from ralph.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, statements
+from ralph.store.writer import GroupWriter
 
 
 class SqliteStore(Store):
@@ -39,6 +40,7 @@ class SqliteStore(Store):
             self._db.execute("PRAGMA synchronous = NORMAL")
             if create:
                 self._upgrade()
+                self._writer = GroupWriter(self._locked_tx, self._failed_write)
         except OSError as exc:
             raise StateError(f"cannot create the history {self.path}: {exc.strerror}") from None
         except sqlite3.Error as exc:
@@ -57,12 +59,29 @@ class SqliteStore(Store):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
 
+    def _failed_write(self, exc: Exception) -> StateError:
+        return StateError(f"cannot write the history {self.path}: {exc}")
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            with self._lock:
+                self._db.close()
+
+    def _settle(self) -> None:
+        """What this process queued is written before it reads or writes anything else."""
+        if self._writer is not None and not self._writer.idle:
+            self._writer.flush()
+
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        self._settle()
+        return self._locked_tx()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _locked_tx(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE takes the write lock up front so the busy timeout, not a deadlock error,
         settles a race with another ralph."""
         with self._lock:
@@ -76,6 +95,7 @@ class SqliteStore(Store):
                 raise
 
     def _write(self, sql: str, args: Mapping[str, Any] | tuple[Any, ...]) -> int:
+        self._settle()
         try:
             with self._lock:
                 cur = self._db.execute(sql, args)
@@ -84,6 +104,7 @@ class SqliteStore(Store):
             raise StateError(f"cannot write the history {self.path}: {exc}") from None
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        self._settle()
         try:
             with self._lock:
                 return [dict(r) for r in self._db.execute(sql, args).fetchall()]
