@@ -31,7 +31,9 @@ class GroupWriter:
     def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError]) -> None:
         self._transaction = transaction  # a context manager yielding the connection, one write transaction
         self._describe = describe
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # flushers wait here for a commit
+        self._work = threading.Condition(lock)  # the writer waits here for writes (one wake-up, not 64)
         self._ops: list[Op] = []
         self._queued = self._done = 0
         self._error: StateError | None = None
@@ -47,7 +49,7 @@ class GroupWriter:
                 self._thread.start()
             self._ops.append(op)
             self._queued += 1
-            self._cond.notify_all()
+            self._work.notify()
 
     def flush(self) -> None:
         with self._cond:
@@ -64,7 +66,7 @@ class GroupWriter:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._work.notify()
             thread = self._thread
         if thread is not None:
             thread.join()
@@ -73,7 +75,7 @@ class GroupWriter:
         while True:
             with self._cond:
                 while not self._ops and not self._closed:
-                    self._cond.wait()
+                    self._work.wait()
                 if not self._ops:
                     return
                 ops, self._ops = self._ops, []
