@@ -155,7 +155,7 @@ class Store:
             cols, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
             pending.value = db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row).lastrowid  # noqa: S608
 
-        self._writer.put(op)
+        self._writer.put(op, soon=pid is not None)  # a child's PID: committed while it runs
         return pending
 
     def _update_later(self, table: str, key: Any, row: dict[str, Any]) -> None:
