@@ -197,3 +197,29 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path, isolated: Path) -> 
         {"iteration": 3, "status": "ok"},
         {"iteration": 4, "status": "ok"},
     ]
+
+
+def test_kill_9_right_after_iterations_end_keeps_every_finished_one(tmp_path: Path, isolated: Path) -> None:
+    # Rows are queued and committed together (issue 18): once a child is spawned, and at each iteration's
+    # end. Iterations 1-5 end at once; the next agent's marker is the first moment after the 5th's end,
+    # and kill -9 comes then: all five are in the history and the run log, each with its ended agent step.
+    loop, folder = loop_file(tmp_path, block_at=6, max_iterations=8)
+    agent = kill_ralph_mid_iteration(tmp_path, loop, folder)
+    try:
+        assert db_rows(isolated, "PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+        sessions = db_rows(isolated, "SELECT id, iteration, status, ended FROM sessions ORDER BY iteration")
+        assert [(s["iteration"], s["status"]) for s in sessions] == [(n, "ok") for n in range(1, 6)] + [(6, "running")]
+        assert all(s["ended"] for s in sessions[:5])
+        steps = db_rows(isolated, "SELECT session_id, status, exit_code FROM steps ORDER BY id")
+        assert [(s["status"], s["exit_code"]) for s in steps] == [("ok", 0)] * 5 + [("running", None)]
+        assert [s["session_id"] for s in steps] == [s["id"] for s in sessions]
+        assert db_rows(isolated, "SELECT pid FROM steps WHERE status = 'running'") == [{"pid": agent}]
+        (run,) = db_rows(isolated, "SELECT id FROM runs")
+        records = [json.loads(line) for line in (isolated / "logs" / run["id"] / "ralph.jsonl").read_text().splitlines()]
+        ended = [r["iteration"] for r in records if r["message"] == "iteration ok"]
+        assert ended == [1, 2, 3, 4, 5]
+        # The folder made ahead for iteration 7 may be there (ralph died); each finished one has its log.
+        for s in sessions[:5]:
+            assert (isolated / "logs" / run["id"] / s["id"] / "agent.log").read_text() == f"iteration {s['iteration']}\n"
+    finally:
+        kill_group(agent)

@@ -302,3 +302,18 @@ def test_string_and_list_commands_and_args(tmp_path: Path, isolated: Path, comma
     assert result.returncode == 0
     log = next((isolated / "logs").glob("run_*/ses_*/agent.log")).read_text()
     assert log == ("a b|$(c)|" if isinstance(command, list) else "first|a b|$(c)|")
+
+
+def test_session_folders_made_ahead_leave_none_behind(tmp_path: Path, isolated: Path) -> None:
+    # Each iteration's folder is made during the one before (issue 18); the last makes none, and a loop
+    # that stops early (its promise) removes the one it made for an iteration that did not come.
+    for name, until in (("full", "{max_iterations: 3}"), ("early", '{max_iterations: 5, output_contains: "DONE"}')):
+        agent = [PY, "-c", "import os; print('DONE' if os.environ['RALPH_ITERATION'] == '2' else 'more')"]
+        loop = write_loop(tmp_path, f"name: {name}\nagent: {{command: {yaml_list(agent)}}}\nuntil: {until}\n",
+                          name=f"{name}.yaml")
+        assert ralph("run", str(loop)).returncode == 0
+        (run,) = db_rows(isolated, f"SELECT id FROM runs WHERE loop = '{name}'")
+        sessions = {r["id"] for r in db_rows(isolated, f"SELECT id FROM sessions WHERE run_id = '{run['id']}'")}
+        assert len(sessions) == (3 if name == "full" else 2)
+        folders = {p.name for p in (isolated / "logs" / run["id"]).iterdir() if p.is_dir()}
+        assert folders == sessions

@@ -1,8 +1,9 @@
 """The history's one interface: runs, sessions and steps, whichever database holds them.
 
 Every write is a short transaction so two runs sharing a history never lock each other out for long.
-A backend may queue an iteration's writes to a writer thread (``writer.GroupWriter``: SQLite does);
-an iteration's end waits for them, so a ``kill -9`` loses at most the iteration in flight.
+A backend may queue an iteration's writes and commit them together (``writer.GroupWriter``: SQLite
+does): once a child is spawned (its row, with the PID that recovery needs) and at the iteration's
+end, so a ``kill -9`` loses at most the end of the iteration in flight.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Store:
         self._write(f"UPDATE {table} SET {sets} WHERE id = :_key", {**row, "_key": key})  # noqa: S608
 
     def _insert_later(self, table: str, row: dict[str, Any], pid: int | None = None) -> Any:
-        """An insert through the writer thread when there is one; its ID (a ``PendingId`` then)."""
+        """An insert queued when the backend queues writes; its ID (a ``PendingId`` then)."""
         if self._writer is None:
             if pid is not None:
                 row.update(pid=pid, pid_start=process_start(pid))
@@ -150,12 +151,14 @@ class Store:
         pending = PendingId()
 
         def op(db: Any) -> None:
-            if pid is not None:  # /proc/PID/stat of a child still exec'ing is slow: read it here, not at spawn
+            if pid is not None:
                 row.update(pid=pid, pid_start=process_start(pid))
             cols, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
             pending.value = db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row).lastrowid  # noqa: S608
 
-        self._writer.put(op, soon=pid is not None)  # a child's PID: committed while it runs
+        self._writer.put(op)
+        if pid is not None:  # the child runs: its row (and its session's) must survive a kill -9 of ralph now
+            self._writer.flush()
         return pending
 
     def _update_later(self, table: str, key: Any, row: dict[str, Any]) -> None:

@@ -66,8 +66,6 @@ class SqliteStore(Store):
         try:
             self.flush()
         finally:
-            if self._writer is not None:
-                self._writer.close()
             with self._lock:
                 self._db.close()
 

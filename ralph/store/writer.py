@@ -1,12 +1,13 @@
 """Group commit for the embedded history: the loop queues its row writes, and whoever needs them
-committed commits everything queued in one transaction. An iteration's step row (with the child's
-PID, which recovery after a ``kill -9`` needs) is committed by a writer thread while the child runs,
-off the spawn path; the iteration's end is committed by the loop itself (no thread hand-off), and
-64 items ending at once share one commit.
+committed commits everything queued so far in one transaction. A loop commits twice an iteration:
+once its child is spawned (the session's and the step's rows, with the PID that recovery after a
+``kill -9`` needs) and at the iteration's end (the step's end, the snapshots, the session's end),
+instead of a transaction per row; 64 batch items ending together share commits.
 
 Nothing is lost by it: ``flush()`` returns once everything queued before it is committed, and the
 store calls it at every iteration's end (so ``kill -9`` keeps every finished iteration) and before
-any read or other write of this process (which so sees its own rows).
+any read or other write of this process (which so sees its own rows). No thread: on 2 cores handing
+rows to one cost more (futex wake-ups, the GIL) than the commits it would have saved.
 """
 
 from __future__ import annotations
@@ -33,32 +34,21 @@ class GroupWriter:
     def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError]) -> None:
         self._transaction = transaction  # a context manager yielding the connection, one write transaction
         self._describe = describe
-        lock = threading.Lock()
-        self._cond = threading.Condition(lock)  # flushers wait here for a commit
-        self._work = threading.Condition(lock)  # the writer thread waits here for work
+        self._cond = threading.Condition()  # flushers wait here while another commits
         self._ops: list[Op] = []
         self._queued = self._done = 0
         self._busy = False  # a batch is being committed: the next waits (batches commit in order)
-        self._wake = False  # the writer thread should commit what is queued
         self._error: StateError | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
 
-    def put(self, op: Op, soon: bool = False) -> None:
-        """Queue a write; ``soon``: have the writer thread commit it now rather than at the next flush."""
+    def put(self, op: Op) -> None:
         with self._cond:
             if self._error is not None:
                 raise self._error
             self._ops.append(op)
             self._queued += 1
-            if soon:
-                if self._thread is None:  # started by the first such write: reading commands never start one
-                    self._thread = threading.Thread(target=self._loop, name="ralph-history", daemon=True)
-                    self._thread.start()
-                self._wake = True
-                self._work.notify()
 
     def flush(self) -> None:
+        """Returns once everything queued before the call is committed (raises what could not be)."""
         target = self._queued
         while True:
             with self._cond:
@@ -68,7 +58,7 @@ class GroupWriter:
                     if self._done >= target:
                         return
                     if self._ops and not self._busy:
-                        ops = self._take()
+                        ops, self._ops, self._busy = self._ops, [], True
                         break
                     self._cond.wait()
             self._commit(ops)
@@ -76,19 +66,6 @@ class GroupWriter:
     @property
     def idle(self) -> bool:
         return self._done == self._queued
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._work.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-    def _take(self) -> list[Op]:  # under the lock
-        ops, self._ops = self._ops, []
-        self._busy, self._wake = True, False
-        return ops
 
     def _commit(self, ops: list[Op]) -> None:
         error: StateError | None = None
@@ -104,14 +81,3 @@ class GroupWriter:
             if error is not None and self._error is None:
                 self._error = error
             self._cond.notify_all()
-            self._work.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not ((self._wake or self._closed) and self._ops and not self._busy):
-                    if self._closed and not self._ops:
-                        return
-                    self._work.wait()
-                ops = self._take()
-            self._commit(ops)
