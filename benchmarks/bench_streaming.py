@@ -1,6 +1,7 @@
 """Output streaming: an agent printing 400 MiB of 100-byte lines, the promise last, vs the same output
 piped through ``cat`` into a file. Goals: the step log holds all of it, the promise is seen (exit 0,
-session ``complete``), throughput ≥ 0.8x cat's, ralph's peak RSS ≤ 100 MiB. Console mirroring
+session ``complete``), throughput ≥ 0.9x cat's best of 3 interleaved rounds (issue 18; the median is
+printed too), ralph's peak RSS ≤ 100 MiB. Console mirroring
 (no ``--quiet``, stdout to /dev/null) is measured and recorded too.
 
 Throughput is judged on the agent step as ralph times it (spawn to the log's last byte and the
@@ -64,9 +65,11 @@ def main() -> None:
         for label, runs in (("ralph --quiet", quiet), ("ralph mirroring", mirror)):
             print(f"{label}: step {', '.join(f'{r[1]:.3f}' for r in runs)} s; end to end "
                   f"{', '.join(f'{r[0]:.3f}' for r in runs)} s; peak RSS {max(r[2] for r in runs):.1f} MiB")
-        result("streaming: 400 MiB, --quiet (throughput)", ralph=mib / q_step, baseline=mib / c, unit="MiB/s",
-               ratio=c / q_step, goal=">= 0.8x cat", ok=c / q_step >= 0.8,
-               end_to_end_s=round(q_e2e, 3), end_to_end_ratio=round(c / q_e2e, 3))
+        best_c, best_q = min(cat_s), min(r[1] for r in quiet)
+        print(f"median of the rounds: ralph {mib / q_step:.0f} MiB/s, cat {mib / c:.0f} MiB/s, ratio {c / q_step:.2f}")
+        result("streaming: 400 MiB, --quiet (throughput, best of 3)", ralph=mib / best_q, baseline=mib / best_c,
+               unit="MiB/s", ratio=best_c / best_q, goal=">= 0.9x cat", ok=best_c / best_q >= 0.9,
+               median_ratio=round(c / q_step, 3), end_to_end_s=round(q_e2e, 3), end_to_end_ratio=round(c / q_e2e, 3))
         result("streaming: 400 MiB, --quiet (peak RSS)", ralph=q_rss, baseline=None, unit="MiB",
                goal="<= 100 MiB", ok=q_rss <= 100)
         result("streaming: 400 MiB, mirrored to stdout (throughput)", ralph=mib / m_step, baseline=mib / c,
