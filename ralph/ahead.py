@@ -27,11 +27,18 @@ def _helper() -> ThreadPoolExecutor:
         return _pool[0]
 
 
-class SessionsAhead:
-    """Session IDs for one loop, each one's folder under ``run_dir`` made an iteration ahead."""
+def _make(folder: Path, files: tuple[str, ...]) -> None:
+    private_dirs(folder)
+    for name in files:  # empty, as the step's own open (O_APPEND | O_CREAT) would leave it
+        os.close(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+
+class SessionsAhead:
+    """Session IDs for one loop, each one's folder under ``run_dir`` made an iteration ahead, with
+    ``files`` in it (the agent's log when the agent is an iteration's first step)."""
+
+    def __init__(self, run_dir: Path, files: tuple[str, ...] = ()) -> None:
+        self.run_dir, self.files = run_dir, files
         self.more = True  # another iteration may follow this one (false on the last: nothing to make)
         self._next: str | None = None
         self._made: Future[None] | None = None
@@ -41,7 +48,7 @@ class SessionsAhead:
         self._next = self._made = None
         if self.more:
             self._next = new_session_id()
-            self._made = _helper().submit(private_dirs, self.run_dir / self._next)
+            self._made = _helper().submit(_make, self.run_dir / self._next, self.files)
         return session_id
 
     def discard(self) -> None:
@@ -51,6 +58,10 @@ class SessionsAhead:
         if self._made is not None:
             with contextlib.suppress(Exception):
                 self._made.result()
+        folder = self.run_dir / self._next
         with contextlib.suppress(OSError):
-            os.rmdir(self.run_dir / self._next)
+            for name in self.files:
+                if (folder / name).stat().st_size == 0:
+                    (folder / name).unlink()
+            os.rmdir(folder)
         self._next = self._made = None

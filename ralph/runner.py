@@ -67,7 +67,8 @@ class ItemLoop(AgentAttempts):
         self.first_iteration = resume.last_iteration + 1 if resume else 1
         self.previous_id = resume.last_session_id if resume else None
         self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots, spec.workdir_template is not None)
-        self.ahead = SessionsAhead(sv.state_dir / "logs" / sv.run_id)
+        # The agent's log (Services.log_path) made ahead too, where the agent is an iteration's first step.
+        self.ahead = SessionsAhead(sv.state_dir / "logs" / sv.run_id, () if spec.steps("before") else ("agent.log",))
 
     def run(self) -> LoopResult:
         try:
