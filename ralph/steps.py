@@ -127,7 +127,7 @@ def run_step(
             outcome.status, str(outcome.exit_code))
     span.end(error, outcome.reason)
     sv.runlog.routine(f"step {call.name} {outcome.status}", session, span, step=call.name, attempt=call.attempt,
-                   exit_code=outcome.exit_code, duration=round(outcome.duration, 6), status=outcome.status)
+                      exit_code=outcome.exit_code, duration=round(outcome.duration, 6), status=outcome.status)
     sv.console.step_end(session, call.name, outcome.status, outcome.exit_code, outcome.duration, call.attempt,
                         outcome.reason)
     if outcome.log_error:
