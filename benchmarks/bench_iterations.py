@@ -74,11 +74,11 @@ def main() -> None:
         print(f"median per iteration: ralph {per_ralph * 1000:.2f} ms, bash {per_bash * 1000:.2f} ms; "
               f"start-up {start:.3f} s, exit {end:.3f} s")
         per = median([r["per_ralph"] / r["per_bash"] for r in rounds])
-        result(f"iterations: per iteration, (T({n}) - T(1)) / {n - 1}", ralph=median([r["per_ralph"] for r in rounds]) * 1000,
-               baseline=median([r["per_bash"] for r in rounds]) * 1000, unit="ms/iteration", ratio=per,
+        result(f"iterations: per iteration, (T({n}) - T(1)) / {n - 1}",
+               ralph=median([r["per_ralph"] for r in rounds]) * 1000, baseline=median([r["per_bash"] for r in rounds]) * 1000, unit="ms/iteration", ratio=per,
                goal="ralph <= 1.5x bash", ok=per <= 1.5)
-        result(f"iterations: {n} x /bin/true, whole run (start-up included)", ralph=median([r["ralph"] for r in rounds]),
-               baseline=median([r["bash"] for r in rounds]), unit="s", ratio=ratio, goal="record", ok=None)
+        result(f"iterations: {n} x /bin/true, whole run (start-up included)",
+               ralph=median([r["ralph"] for r in rounds]), baseline=median([r["bash"] for r in rounds]), unit="s", ratio=ratio, goal="record", ok=None)
         floor = median([r["floor"] for r in rounds])
         result(f"iterations: {n} x /bin/true, bare python + subprocess loop (no ralph)", ralph=floor,
                baseline=median([r["bash"] for r in rounds]), unit="s",

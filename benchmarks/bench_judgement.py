@@ -57,11 +57,10 @@ def fingerprint_line(folder: Path) -> None:
 
 
 def lease_lines(folder: Path) -> None:
-    from tests.support.postgres import Server, bindir
-
     from ralph.interrupt import never
     from ralph.queue import NOW, BatchQueue
     from ralph.store import Store
+    from tests.support.postgres import Server, bindir
 
     found = bindir()
     if found is None:
