@@ -75,10 +75,12 @@ def main() -> None:
               f"start-up {start:.3f} s, exit {end:.3f} s")
         per = median([r["per_ralph"] / r["per_bash"] for r in rounds])
         result(f"iterations: per iteration, (T({n}) - T(1)) / {n - 1}",
-               ralph=median([r["per_ralph"] for r in rounds]) * 1000, baseline=median([r["per_bash"] for r in rounds]) * 1000, unit="ms/iteration", ratio=per,
+               ralph=median([r["per_ralph"] for r in rounds]) * 1000,
+               baseline=median([r["per_bash"] for r in rounds]) * 1000, unit="ms/iteration", ratio=per,
                goal="ralph <= 1.5x bash", ok=per <= 1.5)
         result(f"iterations: {n} x /bin/true, whole run (start-up included)",
-               ralph=median([r["ralph"] for r in rounds]), baseline=median([r["bash"] for r in rounds]), unit="s", ratio=ratio, goal="record", ok=None)
+               ralph=median([r["ralph"] for r in rounds]),
+               baseline=median([r["bash"] for r in rounds]), unit="s", ratio=ratio, goal="record", ok=None)
         floor = median([r["floor"] for r in rounds])
         result(f"iterations: {n} x /bin/true, bare python + subprocess loop (no ralph)", ralph=floor,
                baseline=median([r["bash"] for r in rounds]), unit="s",
