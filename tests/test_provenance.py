@@ -318,16 +318,13 @@ def test_no_progress_outside_git_is_an_error_at_its_line(tmp_path: Path) -> None
 
 
 def test_an_old_history_gains_the_git_columns(tmp_path: Path, isolated: Path) -> None:
-    import re
     import sqlite3
 
-    from ralph.store import SCHEMA
+    from helpers import V2_TABLES
 
     isolated.mkdir(parents=True)
     db = sqlite3.connect(isolated / "ralph.db")
-    db.executescript(re.sub(r", files_changed INTEGER.*?git_scope TEXT", "", SCHEMA, flags=re.S))  # version 2
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
+    db.executescript(V2_TABLES + "PRAGMA user_version = 2;")
     db.close()
     repo = make_repo(tmp_path / "repo")
     loop = loop_file(tmp_path, repo, {"1": [["append", "a.txt", "x\n"], ["done"]]})
