@@ -11,7 +11,9 @@ Copilot prints no token counts on stdout: they are in its session log,
 ``$COPILOT_HOME/session-state/<UUID>/events.jsonl`` (``~/.copilot`` by default), one
 ``session.usage_record`` per model call. After each attempt the records written since that
 attempt's ``session.start`` / ``session.resume`` are added up. Their ``cost`` is Copilot's
-premium-request multiplier, not US dollars, so no cost is recorded. See docs/agent-presets-more.md
+premium-request multiplier, not US dollars, so no cost is recorded. Tool spans come from
+``tool.execution_start`` / ``tool.execution_complete`` (paired by ``toolCallId``, at their own
+timestamps; a shell command's non-zero exit fails the call). See docs/agent-presets-more.md
 (Copilot CLI 1.0.102).
 """
 
@@ -32,6 +34,7 @@ from ralph.agents.base import (
     StreamParser,
     end_processes_with_env,
     first_line,
+    iso_seconds,
     json_event,
 )
 
@@ -96,9 +99,14 @@ class CopilotParser(StreamParser):
         kind = event.get("type")
         data = _obj(event.get("data"))
         if kind == "assistant.message":  # the whole message; its deltas come before it
+            self.model = str(data["model"]) if data.get("model") else self.model
             return self._message(data)
+        if kind == "tool.execution_start":
+            self.tool_started(str(data.get("toolCallId") or ""), str(data.get("toolName") or "tool"),
+                              data.get("arguments"), at=iso_seconds(event.get("timestamp")))
+            return None, None  # assistant.message showed the request
         if kind == "tool.execution_complete":
-            return self._tool_result(data), None
+            return self._tool_result(data, iso_seconds(event.get("timestamp"))), None
         if kind == "session.error":
             message = str(data.get("message") or data.get("errorType") or "error")
             return f"copilot: error: {first_line(message)}", message  # counts for retry.on_output
@@ -116,9 +124,13 @@ class CopilotParser(StreamParser):
         shown += [_tool_line(_obj(r)) for r in data.get("toolRequests") or []]
         return ("\n".join(shown) or None), (text or None)
 
-    def _tool_result(self, data: dict[str, Any]) -> str:
+    def _tool_result(self, data: dict[str, Any], at: float | None) -> str:
         result = _obj(data.get("result"))
         content = str(result.get("content") or _obj(data.get("error")).get("message") or "")
+        code = _obj(data.get("shellExecution")).get("exitCode")  # a shell command's own exit code
+        ok = bool(data.get("success")) and code in (0, None)
+        error = None if ok else str(_obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
+        self.tool_finished(str(data.get("toolCallId") or ""), ok, result.get("content"), error, at=at)
         mark = "←" if data.get("success") else "✗"
         return f"  {mark} {first_line(content, 160) or '(no output)'}"
 
