@@ -196,10 +196,11 @@ def test_a_retry_resumes_the_same_gemini_session(gemini_bin: Path, tmp_path: Pat
     assert [a[a.index("--yolo") + 1:a.index("--yolo") + 3] for a in argvs] == [
         ["--session-id", second], ["--resume", second]]
     assert "gemini: error: " in result.stdout and "scripted bad request" in result.stdout
-    # Attempt 2's tool call is a child of attempt 2's step span, its command and output captured.
+    # Attempts 2 and 3 ran the tool: each call a child of its attempt's step span, its command and
+    # output captured.
     spans = show(row["id"])["spans"]
-    tools = [s for s in spans if s["name"].startswith("execute_tool")]
-    assert [t["parent_id"] for t in tools] == [steps[1]["span_id"]]
+    tools = sorted((s for s in spans if s["name"].startswith("execute_tool")), key=lambda s: s["start"])
+    assert [t["parent_id"] for t in tools] == [steps[1]["span_id"], steps[2]["span_id"]]
     (use,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "tool_use"]
     t = tools[0]["attributes"]
     assert (t["gen_ai.tool.call.id"], json.loads(t["gen_ai.tool.call.arguments"])) == (use["tool_id"], use["parameters"])
