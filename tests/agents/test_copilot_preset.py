@@ -210,8 +210,8 @@ def test_tokens_are_those_of_the_last_process_in_the_session_log(tmp_path: Path)
     assert last_run_usage(tmp_path / "missing.jsonl") == (None, None)
 
 
-# Tool events as Copilot CLI 1.0.102 printed them (a real run's, trimmed: the command shortened,
-# telemetry left out); the failing one is the same call with the exit code a failing command gets.
+# Tool events as Copilot CLI 1.0.102 printed them (real runs', trimmed: the first command shortened,
+# telemetry left out). A command exiting 3 is a "success" with the shell's exit code beside it.
 TOOL_EVENTS = [
     '{"type":"assistant.message","data":{"messageId":"df87","model":"scripted-model","content":"",'
     '"toolRequests":[{"toolCallId":"call_a69f60b09f394952","name":"bash","arguments":{"command":"echo hi",'
@@ -222,10 +222,11 @@ TOOL_EVENTS = [
     '{"type":"tool.execution_complete","data":{"toolCallId":"call_a69f60b09f394952","model":"scripted-model",'
     '"turnId":"0","rte":false,"shellExecution":{"exitCode":0},"success":true,"result":{"content":'
     '"hi\\n<shellId: 0 completed with exit code 0>"}},"id":"231a","timestamp":"2026-11-30T02:13:19.745Z"}',
-    '{"type":"tool.execution_start","data":{"toolCallId":"call_2","toolName":"bash","arguments":{"command":"exit 3"}},'
-    '"timestamp":"2026-11-30T02:13:20.000Z"}',
-    '{"type":"tool.execution_complete","data":{"toolCallId":"call_2","shellExecution":{"exitCode":3},"success":true,'
-    '"result":{"content":"<shellId: 1 completed with exit code 3>"}},"timestamp":"2026-11-30T02:13:20.500Z"}',
+    '{"type":"tool.execution_start","data":{"toolCallId":"call_e9fd2483c1d64472","toolName":"bash","arguments":'
+    '{"command":"echo failing-command; exit 3","description":"Run the tests"}},"timestamp":"2026-11-30T02:13:20.000Z"}',
+    '{"type":"tool.execution_complete","data":{"toolCallId":"call_e9fd2483c1d64472","model":"scripted-model",'
+    '"turnId":"0","rte":false,"shellExecution":{"exitCode":3},"success":true,"result":{"content":"failing-command\\n'
+    '<shellId: 0 completed with exit code 3>"}},"timestamp":"2026-11-30T02:13:20.500Z"}',
 ]
 
 
@@ -239,4 +240,4 @@ def test_the_parser_pairs_tool_execution_events_into_tool_calls() -> None:
     assert json.loads(done.input or "") == {"command": "echo hi", "description": "Record the session"}
     assert done.output == "hi\n<shellId: 0 completed with exit code 0>"
     assert (done.start, done.end) == (1796004799.686, 1796004799.745)  # Copilot's own timestamps
-    assert (failed.call_id, failed.ok, failed.error) == ("call_2", False, "exit 3")  # the command's exit code
+    assert (failed.call_id, failed.ok, failed.error) == ("call_e9fd2483c1d64472", False, "exit 3")  # its exit code
