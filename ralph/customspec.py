@@ -3,8 +3,8 @@
 ``argv`` (and ``resume_argv``, for a retry) with placeholders; how the prompt reaches the agent;
 whether its output is JSON lines, and where in each event the assistant's text, the agent's own
 session ID, tokens and cost are (pointers such as ``$.message.content[*].text``, optionally only
-for events matching ``where``), and which events start and end the agent's tool calls. Pointers are parsed here, once, so a bad one is an error at its
-key's line before anything runs.
+for events matching ``where``), and which events start and end the agent's tool calls. Pointers
+are parsed here, once, so a bad one is an error at its key's line before anything runs.
 """
 
 from __future__ import annotations

@@ -188,7 +188,8 @@ class CopilotPreset(Preset):
         return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
-        parser = CopilotParser(copilot_session_id(ctx.session.id), session_log(ctx.env, copilot_session_id(ctx.session.id)))
+        copilot_id = copilot_session_id(ctx.session.id)
+        parser = CopilotParser(copilot_id, session_log(ctx.env, copilot_id))
         with self._lock:
             self._parsers[(ctx.session.id, ctx.attempt)] = parser
         return parser

@@ -74,7 +74,8 @@ class PiParser(StreamParser):
                 return self._assistant(message)
             return None, None
         if kind == "tool_execution_start":
-            self.tool_started(str(event.get("toolCallId") or ""), str(event.get("toolName") or "tool"), event.get("args"))
+            self.tool_started(str(event.get("toolCallId") or ""), str(event.get("toolName") or "tool"),
+                              event.get("args"))
             return None, None  # the assistant message showed the call
         if kind == "tool_execution_end":
             content = _text(_obj(event.get("result")).get("content"))
