@@ -91,8 +91,9 @@ class Pointer(_Where):
 
     @field_validator("path")
     @classmethod
-    def _path(cls, value: str) -> str | None:
-        return _pointer(value)
+    def _path(cls, value: str) -> str:
+        parse_pointer(value)
+        return value
 
     def values(self, event: dict[str, Any]) -> list[Any]:
         return resolve(event, parse_pointer(self.path)) if self.matches(event) else []

@@ -144,8 +144,7 @@ class CopilotParser(StreamParser):
         ok = bool(data.get("success")) and code in (0, None)
         error = None if ok else str(_obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
         self.tool_finished(str(data.get("toolCallId") or ""), ok, result.get("content"), error, at=at)
-        mark = "←" if data.get("success") else "✗"
-        return f"  {mark} {first_line(content, 160) or '(no output)'}"
+        return f"  {'←' if ok else '✗'} {first_line(content, 160) or '(no output)'}"
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -81,7 +81,7 @@ class PiParser(StreamParser):
             content = _text(_obj(event.get("result")).get("content"))
             failed = bool(event.get("isError"))
             self.tool_finished(str(event.get("toolCallId") or ""), not failed, content,
-                               first_line(content) or "failed" if failed else None)
+                               (first_line(content) or "failed") if failed else None)
             mark = "✗" if failed else "←"
             return f"  {mark} {first_line(content, 160) or '(no output)'}", None
         if kind == "auto_retry_start":

@@ -232,8 +232,8 @@ TOOL_EVENTS = [
 
 def test_the_parser_pairs_tool_execution_events_into_tool_calls() -> None:
     parser = CopilotParser("fallback")
-    for line in TOOL_EVENTS:
-        parser.feed(line.encode() + b"\n")
+    shown = [parser.feed(line.encode() + b"\n")[0] for line in TOOL_EVENTS]
+    assert shown[1:] == [None, "  ← hi …", None, "  ✗ failing-command …"]  # the start: shown with the request
     assert parser.model == "scripted-model"
     done, failed = parser.finish()
     assert (done.call_id, done.name, done.ok, done.error) == ("call_a69f60b09f394952", "bash", True, None)
