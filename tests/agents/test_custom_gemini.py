@@ -58,6 +58,8 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
             session_id: {{path: $.session_id, where: {{type: init}}}}
             tokens_in: {{path: $.stats.input_tokens, where: {{type: result}}}}
             tokens_out: {{path: $.stats.output_tokens, where: {{type: result}}}}
+            tool_start: {{id: $.tool_id, name: $.tool_name, input: $.parameters, where: {{type: tool_use}}}}
+            tool_end: {{id: $.tool_id, output: $.output, error: $.error.message, where: {{type: tool_result}}}}
         until:
           max_iterations: 3
           output_contains: "{PROMISE}"
@@ -74,7 +76,15 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
         gemini_id = str(uuid.uuid5(NAMESPACE, row["id"]))
         assert row["agent_session_id"] == gemini_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)
-        (step,) = json.loads(ralph("show", row["id"], "--json").stdout)["steps"]
+        detail = json.loads(ralph("show", row["id"], "--json").stdout)
+        (step,) = detail["steps"]
+        # The tool pointers: the shell call a child span of the agent step, without content.
+        (use,) = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()
+                  if line.startswith('{"type":"tool_use"')]
+        (tool,) = [s for s in detail["spans"] if s["name"].startswith("execute_tool")]
+        assert tool["name"] == "execute_tool run_shell_command" and tool["parent_id"] == step["span_id"]
+        assert tool["status"] == "unset" and tool["attributes"]["gen_ai.tool.call.id"] == use["tool_id"]
+        assert "gen_ai.tool.call.arguments" not in tool["attributes"]  # content only on request
         (report,) = probes(Path(step["log_path"]).read_text())
         argv = report["agent"]["argv"]
         assert argv[argv.index("-o"):] == ["-o", "stream-json", "--skip-trust", "--yolo", "-m", MODEL,

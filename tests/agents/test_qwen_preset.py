@@ -110,7 +110,27 @@ def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isola
         assert row["agent_session_id"] == qwen_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
         assert row["cost_usd"] is None  # Qwen Code reports none
-        (step,) = show(row["id"])["steps"]
+        detail = show(row["id"])
+        (step,) = detail["steps"]
+        # GenAI / OpenInference on the agent step; the shell call (Claude-shaped tool_use /
+        # tool_result, read by the claude parser) a child span of it, without content.
+        agent_span = next(s for s in detail["spans"] if s["name"] == "ralph.step")
+        a = agent_span["attributes"]
+        assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
+            "AGENT", MODEL, MODEL)
+        assert "gen_ai.provider.name" not in a  # whatever OpenAI-compatible endpoint Qwen Code is given
+        stream = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()
+                  if line.startswith("{")]
+        (use,) = [b for e in stream if e["type"] == "assistant" for b in e["message"]["content"]
+                  if b["type"] == "tool_use"]
+        (tool,) = [s for s in detail["spans"] if s["name"].startswith("execute_tool")]
+        assert tool["name"] == "execute_tool run_shell_command" and tool["status"] == "unset"
+        assert tool["parent_id"] == agent_span["span_id"]
+        assert tool["attributes"] == {
+            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "run_shell_command", "tool.name": "run_shell_command",
+            "gen_ai.tool.call.id": use["id"], "session.id": row["id"], "gen_ai.conversation.id": row["id"]}
+        assert agent_span["start"] <= tool["start"] <= tool["end"] <= agent_span["end"]
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
         assert agent is not None, report
@@ -150,6 +170,12 @@ def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, i
     argv = report["agent"]["argv"]
     assert argv[argv.index("--yolo") + 1:argv.index("--yolo") + 3] == ["--resume", qwen_id]
     assert report["tool_env"]["RALPH_ATTEMPT"] == "2"
+    # Attempt 1's call never answered (its tool killed the agent): a failed span; attempt 2's is ok.
+    tools = sorted((s for s in show(row["id"])["spans"] if s["name"].startswith("execute_tool")),
+                   key=lambda s: s["start"])
+    assert [(t["parent_id"], t["status"]) for t in tools] == [
+        (steps[0]["span_id"], "error"), (steps[1]["span_id"], "unset")]
+    assert tools[0]["status_message"] == "the tool failed"  # its error text is content: not captured
     # One conversation: attempt 2's request carries attempt 1's prompt as well as its own.
     assert len(api.scripted_requests) == 3
     assert json.dumps(api.scripted_requests[1]["messages"]).count("Iteration 1 of qwen-test") == 2
