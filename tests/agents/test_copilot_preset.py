@@ -1,6 +1,6 @@
 """The ``copilot`` preset with the real GitHub Copilot CLI (npm ``@github/copilot``, pinned in
 tests/support/copilot.py) in offline mode against the scripted OpenAI-compatible server
-(tests/support/llm_server.py), driven by a real ``ralph run``.
+(tests/support/scripted_llm.py), driven by a real ``ralph run``.
 
 Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
 failing to install it fails these tests; without CI they are skipped only when npm is absent.
@@ -23,8 +23,8 @@ from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
 from tests.support.copilot import copilot_env, ensure_copilot
-from tests.support.llm_server import ScriptedLLM, bash, error, text
 from tests.support.npm import NpmUnavailable
+from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"

@@ -17,7 +17,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import gemini_env, node
 from tests.support.npm import NpmUnavailable, ensure_gemini
-from tests.support.scripted_api import ScriptedAPI, shell, text
+from tests.support.scripted_llm import ScriptedLLM, shell, text
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
         """)
     turns = [shell(f"{PY} {PROBE} {node()}"), text("Not yet."),
              shell(f"{PY} {PROBE} {node()}"), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="gemini") as api:
+    with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = sorted(json.loads(ralph("sessions", "--json").stdout), key=lambda s: s["iteration"])

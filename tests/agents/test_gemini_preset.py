@@ -1,6 +1,6 @@
 """The ``gemini`` preset with the real Gemini CLI (npm ``@google/gemini-cli``, pinned in
 tests/support/npm.py) against a scripted Gemini API on 127.0.0.1 (``GOOGLE_GEMINI_BASE_URL``;
-tests/support/scripted_api.py), driven by a real ``ralph run``. The model's turns make Gemini's
+tests/support/scripted_llm.py), driven by a real ``ralph run``. The model's turns make Gemini's
 shell tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool
 saw and the argv and env of the gemini (node) process above it.
 
@@ -22,7 +22,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import gemini_env, node
 from tests.support.npm import NpmUnavailable, ensure_gemini
-from tests.support.scripted_api import ScriptedAPI, Turn, error, shell, text
+from tests.support.scripted_llm import ScriptedLLM, Turn, error, shell, text
 
 pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
 
@@ -97,7 +97,7 @@ def test_two_iterations_with_the_real_gemini(gemini_bin: Path, tmp_path: Path, i
              f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
     turns = [probe(leave), text("One test fixed,\nmore to go."),
              probe(), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="gemini") as api:
+    with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -181,7 +181,7 @@ def test_a_retry_resumes_the_same_gemini_session(gemini_bin: Path, tmp_path: Pat
     turns = [error(400, "scripted bad request"), probe(), error(400, "scripted bad request"), probe(),
              text(f"Fixed. {PROMISE}")]
     capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # tool content in the spans
-    with ScriptedAPI(turns, shape="gemini") as api:
+    with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env={**gemini_env(tmp_path, gemini_bin, api.base_url), **capture},
                        timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,5 +1,5 @@
 """The ``kilo`` preset with the real Kilo Code CLI (npm ``@kilocode/cli``, pinned in
-tests/support/kilo.py) against the scripted OpenAI-compatible server (tests/support/llm_server.py),
+tests/support/kilo.py) against the scripted OpenAI-compatible server (tests/support/scripted_llm.py),
 driven by a real ``ralph run``. Kilo is an opencode fork: the preset is the opencode one under
 another name, so these check what Kilo itself must do for it (import, run --session, events).
 
@@ -22,8 +22,8 @@ from handshake import alive, db_rows, spans
 from helpers import PY, ralph, write_loop
 from tests.agents.test_opencode_preset import FAKE_OPENCODE
 from tests.support.kilo import ensure_kilo, kilo_env
-from tests.support.llm_server import ScriptedLLM, bash, error, text
 from tests.support.npm import NpmUnavailable
+from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted/scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"

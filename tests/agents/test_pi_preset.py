@@ -1,5 +1,5 @@
 """The ``pi`` preset with the real pi coding agent (npm ``@mariozechner/pi-coding-agent``, pinned in
-tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/llm_server.py,
+tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/scripted_llm.py,
 declared in an isolated ``~/.pi/agent/models.json``), driven by a real ``ralph run``.
 
 Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
@@ -22,9 +22,9 @@ from handshake import PY, alive, db_rows, spans, wait_for_text
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.pi import PiParser, sessions_dir
-from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.npm import NpmUnavailable
 from tests.support.pi import ensure_pi, pi_env
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 MODEL = "scripted/scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"

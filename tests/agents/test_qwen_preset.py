@@ -1,6 +1,6 @@
 """The ``qwen`` preset with the real Qwen Code CLI (npm ``@qwen-code/qwen-code``, pinned in
 tests/support/npm.py) against a scripted OpenAI-compatible API on 127.0.0.1
-(tests/support/scripted_api.py), driven by a real ``ralph run``. The model's turns make Qwen's shell
+(tests/support/scripted_llm.py), driven by a real ``ralph run``. The model's turns make Qwen's shell
 tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool saw
 and the argv and env of the qwen (node) process above it.
 
@@ -22,7 +22,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import node, qwen_env
 from tests.support.npm import NpmUnavailable, ensure_qwen
-from tests.support.scripted_api import ScriptedAPI, Turn, shell, text
+from tests.support.scripted_llm import ScriptedLLM, Turn, offers_no_tools, shell, text
 
 pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
 
@@ -93,7 +93,7 @@ def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isola
     leave = (f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
              f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
     turns = [probe(leave), text("One test fixed, more to go."), probe(), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="openai") as api:
+    with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -157,7 +157,7 @@ def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, i
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
                      "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
     turns = [probe(" --kill"), probe(), text(f"Fixed. {PROMISE}")]
-    with ScriptedAPI(turns, shape="openai") as api:
+    with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
@@ -185,10 +185,10 @@ def test_an_api_error_is_the_models_text_for_retry_on_output(qwen_bin: Path, tmp
                                                               isolated: Path) -> None:
     """Qwen Code answers an API error with exit 0 and "[API Error: …]" as the reply: it shows, and
     counts as the agent's output (for retry.on_output and output_contains); the exit code says ok."""
-    from tests.support.scripted_api import error
+    from tests.support.scripted_llm import error
 
     loop = loop_file(tmp_path, 'output_contains: "API Error: 400"')
-    with ScriptedAPI([error(400, "scripted bad request")], shape="openai") as api:
+    with ScriptedLLM([error(400, "scripted bad request")], wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
