@@ -156,10 +156,6 @@ def _pieces(s: str) -> list[str]:
     return [s[i:i + 16] for i in range(0, len(s), 16)]  # several deltas, like a real model
 
 
-def _call_id() -> str:
-    return "call_" + uuid.uuid4().hex[:16]
-
-
 class _Encoder:
     """What a wire answers: side routes, which requests are model calls, errors and replies."""
 
@@ -182,8 +178,6 @@ class _Encoder:
 
 
 class _Chat(_Encoder):
-    root = "/v1"
-
     def side(self, method: str, path: str, api: ScriptedLLM) -> Json | None:
         if method == "GET" and path.endswith("/models"):
             return {"object": "list", "data": [{"id": api.model, "object": "model", "created": 0,
@@ -199,7 +193,7 @@ class _Chat(_Encoder):
     def reply(self, turn: Turn, body: Json, model: str, path: str) -> Reply:
         usage = {"prompt_tokens": turn.input_tokens, "completion_tokens": turn.output_tokens,
                  "total_tokens": turn.input_tokens + turn.output_tokens}
-        calls = [{"id": _call_id(), "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+        calls = [{"id": "call_" + uuid.uuid4().hex[:16], "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
                  for name, args in turn.tool_calls]
         finish = "tool_calls" if calls else "stop"
         cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
