@@ -28,8 +28,9 @@ from tests.support.postgres import Server, bindir
 
 def batch_loop(folder: Path, items: int) -> Path:
     names = json.dumps([f"item-{n:04d}" for n in range(items)])
-    return write(folder / "loop.yaml", f"name: queue\nagent:\n  command: ['/bin/true']\nuntil:\n  max_iterations: 1\n"
-                 f"batch:\n  items: {names}\n  parallel: 1\n  lease: 60s\n")
+    # workdir: the scratch folder, outside this checkout (no git snapshots of the repository per item)
+    return write(folder / "loop.yaml", "name: queue\nworkdir: .\nagent:\n  command: ['/bin/true']\n"
+                 f"until:\n  max_iterations: 1\nbatch:\n  items: {names}\n  parallel: 1\n  lease: 60s\n")
 
 
 def hosts(loop: Path, folder: Path, count: int, url: str | None, batch: str) -> tuple[float, float]:

@@ -3,8 +3,8 @@
 ``argv`` (and ``resume_argv``, for a retry) with placeholders; how the prompt reaches the agent;
 whether its output is JSON lines, and where in each event the assistant's text, the agent's own
 session ID, tokens and cost are (pointers such as ``$.message.content[*].text``, optionally only
-for events matching ``where``). Pointers are parsed here, once, so a bad one is an error at its
-key's line before anything runs.
+for events matching ``where``), and which events start and end the agent's tool calls. Pointers
+are parsed here, once, so a bad one is an error at its key's line before anything runs.
 """
 
 from __future__ import annotations
@@ -63,18 +63,9 @@ def _pointer_shorthand(value: Any) -> Any:
     return {"path": value} if isinstance(value, str) else value
 
 
-class Pointer(_Model):
-    """Where a value is in an event; with ``where``, only in events whose pointers equal the values."""
-
-    path: str = Field(description="e.g. $.message.content[*].text")
+class _Where(_Model):
     where: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="pointer -> value the event must have, e.g. {type: assistant}")
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, value: str) -> str:
-        parse_pointer(value)
-        return value
 
     @field_validator("where")
     @classmethod
@@ -83,11 +74,62 @@ class Pointer(_Model):
             parse_pointer(key)
         return value
 
+    def matches(self, event: dict[str, Any]) -> bool:
+        return all(wanted in resolve(event, parse_pointer(key)) for key, wanted in self.where.items())
+
+
+def _pointer(value: str | None) -> str | None:
+    if value is not None:
+        parse_pointer(value)
+    return value
+
+
+class Pointer(_Where):
+    """Where a value is in an event; with ``where``, only in events whose pointers equal the values."""
+
+    path: str = Field(description="e.g. $.message.content[*].text")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        parse_pointer(value)
+        return value
+
     def values(self, event: dict[str, Any]) -> list[Any]:
-        for key, wanted in self.where.items():
-            if wanted not in resolve(event, parse_pointer(key)):
-                return []
-        return resolve(event, parse_pointer(self.path))
+        return resolve(event, parse_pointer(self.path)) if self.matches(event) else []
+
+
+def first(event: dict[str, Any], path: str | None) -> Any:
+    """The first value ``path`` reaches in the event (None: none, or no pointer)."""
+    found = resolve(event, parse_pointer(path)) if path is not None else []
+    return found[0] if found else None
+
+
+class ToolStart(_Where):
+    """An event that starts a tool call (one call an event): pointers to its ID, name and input."""
+
+    id: str = Field(description="the call's ID, e.g. $.tool_id (pairs it with its tool_end event)")
+    name: str = Field(description="the tool's name, e.g. $.tool_name")
+    input: str | None = Field(None, description="its input (a span's content: only with content capture)")
+
+    @field_validator("id", "name", "input")
+    @classmethod
+    def _pointers(cls, value: str | None) -> str | None:
+        return _pointer(value)
+
+
+class ToolEnd(_Where):
+    """An event that ends a tool call: pointers to its ID, output and error."""
+
+    id: str = Field(description="the call's ID, e.g. $.tool_id")
+    output: str | None = Field(None, description="its output (a span's content: only with content capture)")
+    error: str | None = Field(None, description="a value here (not null, false, 0 or empty) fails the call; "
+                              "text is its error message")
+
+    @field_validator("id", "output", "error")
+    @classmethod
+    def _pointers(cls, value: str | None) -> str | None:
+        return _pointer(value)
 
 
 PointerSpec = Annotated[Pointer, BeforeValidator(_pointer_shorthand)]
@@ -118,6 +160,8 @@ class CustomAgent(_Model):
     tokens_in: PointerSpec | None = Field(None, description="jsonl: input tokens (summed over events)")
     tokens_out: PointerSpec | None = Field(None, description="jsonl: output tokens (summed over events)")
     cost_usd: PointerSpec | None = Field(None, description="jsonl: cost in USD (summed over events)")
+    tool_start: ToolStart | None = Field(None, description="jsonl: events that start a tool call (tool spans)")
+    tool_end: ToolEnd | None = Field(None, description="jsonl: events that end one")
     argv: tuple[str, ...] = Field(description="the command; placeholders {prompt_file} {model} {session_id} "
                                   "{session_uuid}")
     resume_argv: tuple[str, ...] | None = Field(
@@ -142,9 +186,9 @@ class CustomAgent(_Model):
                 raise ValueError("{agent_session_id} needs a `session_id` pointer to learn it from the events")
         return value
 
-    @field_validator("text", "session_id", "tokens_in", "tokens_out", "cost_usd")
+    @field_validator("text", "session_id", "tokens_in", "tokens_out", "cost_usd", "tool_start", "tool_end")
     @classmethod
-    def _jsonl_only(cls, value: Pointer | None, info: ValidationInfo) -> Pointer | None:
+    def _jsonl_only(cls, value: _Where | None, info: ValidationInfo) -> _Where | None:
         if value is not None and info.data.get("events") != "jsonl":
             raise ValueError("pointers read JSON events: set `events: jsonl`")
         return value

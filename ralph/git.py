@@ -8,6 +8,7 @@ stash, config and hooks are never touched; the commits are kept alive by refs un
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -107,6 +108,12 @@ def _excludes(repo: Repo, exclude: list[Path]) -> list[str]:
     return specs
 
 
+@functools.cache
+def _ignored(root: Path, rel: str) -> bool:
+    """Whether git ignores ``rel`` (the state folder) in that work tree; asked once per run."""
+    return bool(git(["check-ignore", "--", rel], root, check=False).strip())
+
+
 @contextlib.contextmanager
 def _private_index(repo: Repo, temp_dir: Path | None, seed: bool = True) -> Iterator[dict[str, str]]:
     """A temporary index file, seeded with a copy of the user's (its stat data spares re-hashing)."""
@@ -142,8 +149,10 @@ def write_tree(repo: Repo, exclude: list[Path], temp_dir: Path | None = None) ->
     """The tree of the work tree as it is now: tracked and untracked-but-not-ignored files."""
     with _private_index(repo, temp_dir) as env:
         specs = _excludes(repo, exclude)
+        # An exclude naming an ignored folder makes `git add` fail ("paths are ignored"): those stay out anyway.
+        kept = [spec for spec in specs if not _ignored(repo.root, spec.split(")", 1)[1])]
         # splitIndex off: a split private index would write a shared index file into the user's .git
-        repo.run(["-c", "core.splitIndex=false", "add", "-A", "--ignore-errors", "--", ":/", *specs], extra_env=env)
+        repo.run(["-c", "core.splitIndex=false", "add", "-A", "--ignore-errors", "--", ":/", *kept], extra_env=env)
         for spec in specs:  # a state folder someone once committed stays out too
             repo.run(["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", spec.replace("exclude,", "")],
                      extra_env=env)

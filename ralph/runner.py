@@ -28,7 +28,7 @@ from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
 from ralph.session import Session, new_run_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
-from ralph.store import ResumePoint, Store, ensure_dir
+from ralph.store import ResumePoint, Store, database_url, ensure_dir
 from ralph.store.url import DATABASE_URL_ENV
 from ralph.telemetry import Span
 
@@ -220,14 +220,18 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
     """Run a validated loop to its end and return the exit code."""
     preset = get_preset(spec.config.agent.preset)
     binary = preset.binary(spec)  # a missing agent is a usage error, before anything is written
-    state_dir = ensure_dir(options.state_dir)
-    store = Store(state_dir)  # before items_command runs: a bad database URL runs nothing
+    # A shared history opens before items_command runs (a bad database URL runs nothing); the local
+    # one after the items are known (a bad item writes nothing).
+    store = Store(ensure_dir(options.state_dir)) if database_url() is not None else None
     try:
         items: list[str | None] = (batching.resolve_items(spec, options.items, options.shard) if spec.config.batch
                                    else [None])
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         raise
+    state_dir = ensure_dir(options.state_dir)
+    store = store or Store(state_dir)
     notes: list[str] = []
     store.mark_abandoned(notes.append)
     resumed = store.unfinished_run(spec.name) if options.resume else None

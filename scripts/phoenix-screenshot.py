@@ -13,9 +13,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.opencode import ensure_opencode, opencode_env
 from tests.support.phoenix import PhoenixServer
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 out = Path(sys.argv[1])
 tmp = Path(tempfile.mkdtemp(prefix="i16shot-"))

@@ -22,6 +22,23 @@ DUMP_ENV = [PY, "-c", (
 )]
 
 
+# A history as version 2 wrote it (before git provenance, loop judgement and the shared queue), with one run.
+V2_TABLES = """
+    CREATE TABLE runs (id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL,
+        exit_code INTEGER, started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT,
+        trace_id TEXT, span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT);
+    CREATE TABLE sessions (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
+        iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
+        previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
+        tokens_out INTEGER, cost_usd REAL, reason TEXT);
+    CREATE TABLE steps (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL,
+        name TEXT NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
+        exit_code INTEGER, pid INTEGER, started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT,
+        reason TEXT, pid_start TEXT);
+    INSERT INTO runs (id, loop, status, started) VALUES ('run_old', 'demo', 'ok', 1.5);
+"""
+
+
 def ralph(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, input: str | None = None,
           timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process, as a user would run it."""

@@ -174,6 +174,11 @@ BAD = [
     ('events: jsonl\nargv: [agent]\nresume_argv: [agent, "{agent_session_id}"]', "agent.custom.resume_argv",
      "needs a `session_id` pointer"),
     ("argv: [agent]\ncolour: red", "agent.custom.colour", "unknown key"),
+    ("events: jsonl\ntool_start: {id: $.id, name: '$.a..b'}\nargv: [agent]", "agent.custom.tool_start.name",
+     "is not a pointer"),
+    ("events: jsonl\ntool_end: {id: '$[', output: $.out}\nargv: [agent]", "agent.custom.tool_end.id",
+     "is not a pointer"),
+    ("tool_end: {id: $.id}\nargv: [agent]", "agent.custom.tool_end", "set `events: jsonl`"),
 ]
 
 
@@ -249,3 +254,36 @@ def test_what_the_agent_leaves_running_ends_with_the_attempt(tmp_path: Path, iso
         pass  # gone
     (row,) = sessions()
     assert "process(es) the agent left running" in (isolated / "logs" / row["run_id"] / "ralph.jsonl").read_text()
+
+
+def test_tool_start_and_end_pointers_make_tool_calls() -> None:
+    """Gemini CLI's real tool_use / tool_result lines, read through the loop file's pointers."""
+    from ralph.agents.codex import _Threads
+    from ralph.agents.custom import CustomParser
+    from ralph.customspec import CustomAgent
+    from tests.agents.test_gemini_preset import TOOL_EVENTS
+
+    custom = CustomAgent.model_validate({
+        "events": "jsonl", "argv": ["gemini"],
+        "tool_start": {"id": "$.tool_id", "name": "$.tool_name", "input": "$.parameters", "where": {"type": "tool_use"}},
+        "tool_end": {"id": "$.tool_id", "output": "$.output", "error": "$.error.message",
+                     "where": {"type": "tool_result"}}})
+    parser = CustomParser(custom, "ses_1", _Threads())
+    for line in TOOL_EVENTS:
+        parser.feed(line.encode() + b"\n")
+    shell, read, cut = parser.finish()
+    assert (shell.call_id, shell.name, shell.ok, shell.output, shell.error) == (
+        "run_shell_command__run_shell_command_1796004791451_0", "run_shell_command", True, "RALPH-PROBE {}", None)
+    assert json.loads(shell.input or "")["command"] == "python3 probe.py"
+    assert (read.name, read.ok, read.error) == ("read_file", False, "File not found: missing.py")
+    assert (cut.call_id, cut.ok, cut.error) == ("cut_3", False, "no result")  # never answered
+
+    flagged = CustomAgent.model_validate({  # an error flag rather than a message; no pointers for content
+        "events": "jsonl", "argv": ["x"], "tool_start": {"id": "$.id", "name": "$.name", "where": {"type": "use"}},
+        "tool_end": {"id": "$.id", "error": "$.is_error", "where": {"type": "done"}}})
+    parser = CustomParser(flagged, "ses_1", _Threads())
+    for event in ({"type": "use", "id": 7, "name": "bash"}, {"type": "done", "id": 7, "is_error": True},
+                  {"type": "use", "id": 8, "name": "bash"}, {"type": "done", "id": 8, "is_error": False}):
+        parser.feed(json.dumps(event).encode())
+    assert [(c.call_id, c.ok, c.error, c.input, c.output) for c in parser.finish()] == [
+        ("7", False, "failed", None, None), ("8", True, None, None, None)]

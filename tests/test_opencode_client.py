@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.opencode import (
     OpencodeUnavailable,
     ensure_opencode,
@@ -34,6 +33,7 @@ from tests.support.opencode import (
     project_id,
     run_opencode,
 )
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 pytestmark = pytest.mark.opencode
 
@@ -306,7 +306,7 @@ def test_title_generation_is_answered_without_consuming_a_turn(opencode_bin, tmp
     workdir = tmp_path / "work"
     workdir.mkdir()
     turns = [bash("echo first", "First"), text("second <promise>COMPLETE</promise>")]
-    with ScriptedLLM(turns, title_text="Generated title") as srv:
+    with ScriptedLLM(turns, aux_text="Generated title") as srv:
         env = opencode_env(tmp_path, srv.base_url, MODEL)
         proc = run_opencode(opencode_bin, env, workdir, ["run", "--format", "json", "--model", MODEL, "hi"])
     assert proc.returncode == 0, proc.stderr

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from helpers import PY, ROOT, ralph, write_loop, yaml_list
-from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events
 from tests.support.phoenix import PhoenixServer, find_phoenix
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.slow]
 

@@ -197,6 +197,24 @@ def test_a_state_folder_inside_the_repository_stays_out_of_the_snapshots(tmp_pat
     assert not list((state / "tmp").glob("ralph-index-*"))  # no temporary index left behind
 
 
+def test_an_ignored_state_folder_inside_the_repository_is_left_out_too(tmp_path: Path) -> None:
+    # The usual case: ./.ralph in the repository, and .ralph/ in its .gitignore (git add fails on an
+    # exclude naming an ignored path, so the snapshot must not name it).
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".gitignore").write_text(".ralph/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore the state folder")
+    loop = loop_file(tmp_path, repo, {"1": [["append", "a.txt", "x\n"], ["done"]]})
+    state = repo / ".ralph"
+    result = ralph("run", str(loop), "-q", "--state-dir", str(state), cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    (session,) = sessions(state)
+    assert session["changed_files"] == ["a.txt"] and session["git_after"]
+    assert not any(p.startswith(".ralph") for p in git(repo, "ls-tree", "-r", "--name-only",
+                                                           str(session["git_after"])).split())
+
+
 def test_git_missing_warns_once_and_the_loop_runs_on(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     loop = loop_file(tmp_path, repo, {"1": [["write", "x.txt", "x\n"]], "2": [["done"]]})
@@ -318,16 +336,13 @@ def test_no_progress_outside_git_is_an_error_at_its_line(tmp_path: Path) -> None
 
 
 def test_an_old_history_gains_the_git_columns(tmp_path: Path, isolated: Path) -> None:
-    import re
     import sqlite3
 
-    from ralph.store import SCHEMA
+    from helpers import V2_TABLES
 
     isolated.mkdir(parents=True)
     db = sqlite3.connect(isolated / "ralph.db")
-    db.executescript(re.sub(r", files_changed INTEGER.*?git_scope TEXT", "", SCHEMA, flags=re.S))  # version 2
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
+    db.executescript(V2_TABLES + "PRAGMA user_version = 2;")
     db.close()
     repo = make_repo(tmp_path / "repo")
     loop = loop_file(tmp_path, repo, {"1": [["append", "a.txt", "x\n"], ["done"]]})

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from handshake import PY, db_rows, wait_for
 
-from helpers import ralph, write_loop, yaml_list
+from helpers import V2_TABLES, ralph, write_loop, yaml_list
 from ralph.errors import StateError, UsageError
 from ralph.store import SCHEMA_VERSION, Store
 
@@ -65,14 +65,9 @@ def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:
 
 
 def test_a_version_2_history_gets_the_judgement_columns(isolated: Path) -> None:
-    store = Store(isolated)
-    store.close()
+    isolated.mkdir(mode=0o700)
     db = sqlite3.connect(isolated / "ralph.db")
-    db.executescript("""
-        ALTER TABLE runs DROP COLUMN stop_reason; ALTER TABLE sessions DROP COLUMN fingerprint;
-        ALTER TABLE sessions DROP COLUMN feedback; PRAGMA user_version = 2;
-        INSERT INTO runs (id, loop, status, started) VALUES ('run_old', 'l', 'complete', 1.0);
-    """)
+    db.executescript(V2_TABLES + "PRAGMA user_version = 2;")
     db.close()
     store = Store(isolated)
     store.start_run("run_new", "l", None)
@@ -310,22 +305,6 @@ def test_rows_read_back_as_written_with_prefixes_and_order(store: Store) -> None
     point = store.item_resume_point("demo", "b1", "a")
     assert point is not None and (point.last_iteration, point.finished, point.cost) == (3, 3, 0.375)
     assert store.run_hosts(["run_01"]) == {"run_01": socket.gethostname()}
-
-
-V2_TABLES = """
-    CREATE TABLE runs (id TEXT PRIMARY KEY, loop TEXT NOT NULL, loop_file TEXT, status TEXT NOT NULL,
-        exit_code INTEGER, started REAL NOT NULL, ended REAL, host TEXT, pid INTEGER, pid_start TEXT,
-        trace_id TEXT, span_id TEXT, batch TEXT, shard TEXT, resumed_from TEXT);
-    CREATE TABLE sessions (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, loop TEXT NOT NULL, title TEXT NOT NULL,
-        iteration INTEGER NOT NULL, item TEXT, status TEXT NOT NULL, started REAL NOT NULL, ended REAL,
-        previous_id TEXT, trace_id TEXT, span_id TEXT, agent_session_id TEXT, tokens_in INTEGER,
-        tokens_out INTEGER, cost_usd REAL, reason TEXT);
-    CREATE TABLE steps (id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, run_id TEXT NOT NULL,
-        name TEXT NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,
-        exit_code INTEGER, pid INTEGER, started REAL NOT NULL, ended REAL, log_path TEXT, span_id TEXT,
-        reason TEXT, pid_start TEXT);
-    INSERT INTO runs (id, loop, status, started) VALUES ('run_old', 'demo', 'ok', 1.5);
-"""
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,17 @@ def json_event(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return event if isinstance(event, dict) else None
+
+
+def iso_seconds(value: Any) -> float | None:
+    """An event's ISO 8601 timestamp (``2026-01-02T03:04:05.678Z``) as epoch seconds; None if it is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    return stamp.timestamp() if stamp.tzinfo is not None else None  # a local time would be a guess
 
 
 def first_line(text: str, limit: int = 200) -> str:

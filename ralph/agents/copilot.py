@@ -9,9 +9,12 @@ it later. The ``result`` event's ``sessionId`` is recorded as the agent's sessio
 
 Copilot prints no token counts on stdout: they are in its session log,
 ``$COPILOT_HOME/session-state/<UUID>/events.jsonl`` (``~/.copilot`` by default), one
-``session.usage_record`` per model call. After each attempt the records written since that
+``session.usage_record`` per model call. At the attempt's ``result`` event (so the agent span
+carries them), and again after the attempt for any written late, the records written since that
 attempt's ``session.start`` / ``session.resume`` are added up. Their ``cost`` is Copilot's
-premium-request multiplier, not US dollars, so no cost is recorded. See docs/agent-presets-more.md
+premium-request multiplier, not US dollars, so no cost is recorded. Tool spans come from
+``tool.execution_start`` / ``tool.execution_complete`` (paired by ``toolCallId``, at their own
+timestamps; a shell command's non-zero exit fails the call). See docs/agent-presets-more.md
 (Copilot CLI 1.0.102).
 """
 
@@ -32,6 +35,7 @@ from ralph.agents.base import (
     StreamParser,
     end_processes_with_env,
     first_line,
+    iso_seconds,
     json_event,
 )
 
@@ -82,10 +86,20 @@ def last_run_usage(path: Path) -> tuple[int | None, int | None]:
 class CopilotParser(StreamParser):
     """``copilot --output-format json`` events, one per line (stderr is merged in: plain lines)."""
 
-    def __init__(self, copilot_id: str) -> None:
+    def __init__(self, copilot_id: str, log: Path | None = None) -> None:
         super().__init__()
-        self.copilot_id = copilot_id
+        self.copilot_id, self.log = copilot_id, log
         self.started = False  # copilot printed an event: this attempt wrote to the session log
+        self.counted: tuple[int | None, int | None] = (None, None)  # tokens added from the log so far
+
+    def count_tokens(self) -> None:
+        """Add what the session log holds for this process beyond what was added already."""
+        if self.log is None or not self.started:
+            return
+        now = last_run_usage(self.log)
+        self.report.add_tokens(*(None if n is None else n - (c or 0) for n, c in zip(now, self.counted, strict=True)))
+        self.counted = (now[0] if now[0] is not None else self.counted[0],
+                        now[1] if now[1] is not None else self.counted[1])
 
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
@@ -96,15 +110,22 @@ class CopilotParser(StreamParser):
         kind = event.get("type")
         data = _obj(event.get("data"))
         if kind == "assistant.message":  # the whole message; its deltas come before it
+            self.model = str(data["model"]) if data.get("model") else self.model
             return self._message(data)
+        if kind == "tool.execution_start":
+            self.tool_started(str(data.get("toolCallId") or ""), str(data.get("toolName") or "tool"),
+                              data.get("arguments"), at=iso_seconds(event.get("timestamp")))
+            return None, None  # assistant.message showed the request
         if kind == "tool.execution_complete":
-            return self._tool_result(data), None
+            return self._tool_result(data, iso_seconds(event.get("timestamp"))), None
         if kind == "session.error":
             message = str(data.get("message") or data.get("errorType") or "error")
             return f"copilot: error: {first_line(message)}", message  # counts for retry.on_output
         if kind == "session.warning" and data.get("message"):
             return f"copilot: warning: {first_line(str(data['message']))}", None
         if kind == "result":
+            # The log's usage records precede this last event: counted now, the agent span gets them.
+            self.count_tokens()
             sid = event.get("sessionId")
             self.report.agent_session_id = sid if isinstance(sid, str) and sid else self.copilot_id
             return f"copilot: done · exit {event.get('exitCode')} · session {self.report.agent_session_id}", None
@@ -116,11 +137,14 @@ class CopilotParser(StreamParser):
         shown += [_tool_line(_obj(r)) for r in data.get("toolRequests") or []]
         return ("\n".join(shown) or None), (text or None)
 
-    def _tool_result(self, data: dict[str, Any]) -> str:
+    def _tool_result(self, data: dict[str, Any], at: float | None) -> str:
         result = _obj(data.get("result"))
         content = str(result.get("content") or _obj(data.get("error")).get("message") or "")
-        mark = "←" if data.get("success") else "✗"
-        return f"  {mark} {first_line(content, 160) or '(no output)'}"
+        code = _obj(data.get("shellExecution")).get("exitCode")  # a shell command's own exit code
+        ok = bool(data.get("success")) and code in (0, None)
+        error = None if ok else str(_obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
+        self.tool_finished(str(data.get("toolCallId") or ""), ok, result.get("content"), error, at=at)
+        return f"  {'←' if ok else '✗'} {first_line(content, 160) or '(no output)'}"
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -163,19 +187,20 @@ class CopilotPreset(Preset):
         return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
-        parser = CopilotParser(copilot_session_id(ctx.session.id))
+        copilot_id = copilot_session_id(ctx.session.id)
+        parser = CopilotParser(copilot_id, session_log(ctx.env, copilot_id))
         with self._lock:
             self._parsers[(ctx.session.id, ctx.attempt)] = parser
         return parser
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
-        """The attempt's tokens from Copilot's session log (complete now that copilot has exited);
-        then anything a tool left running, still carrying this attempt's env, goes."""
+        """The rest of the attempt's tokens from Copilot's session log (complete now that copilot has
+        exited; most were counted at its ``result`` event); then anything a tool left running, still
+        carrying this attempt's env, goes."""
         with self._lock:
             parser = self._parsers.pop((ctx.session.id, ctx.attempt), None)
-        path = session_log(ctx.env, copilot_session_id(ctx.session.id))
-        if parser is not None and parser.started and path is not None:
-            parser.report.add_tokens(*last_run_usage(path))
+        if parser is not None:
+            parser.count_tokens()
         ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
         return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
 

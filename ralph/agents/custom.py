@@ -7,7 +7,9 @@ the session's log folder), ``{model}``, ``{session_id}`` (ours), ``{session_uuid
 from ours, as the claude preset does, for CLIs that take the caller's UUID), ``{agent_session_id}``.
 With ``events: jsonl`` every line is a JSON event read through the pointers of ``customspec``: the
 text pointer feeds the console and ``output_contains`` (nothing else counts), the others the agent
-session ID, tokens and cost. With ``events: text`` every line counts, as with the command preset.
+session ID, tokens and cost; ``tool_start`` / ``tool_end`` pick the events that start and end a
+tool call (paired by its ID) for the tool spans. With ``events: text`` every line counts, as with
+the command preset.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ralph.agents.base import AgentContext, Invocation, Preset, StreamParser, en
 from ralph.agents.bound import ATTEMPT_MARKERS
 from ralph.agents.claude import claude_session_id
 from ralph.agents.codex import _Threads
-from ralph.customspec import PLACEHOLDER_RE, CustomAgent, Pointer
+from ralph.customspec import PLACEHOLDER_RE, CustomAgent, Pointer, first
 from ralph.loader import LoopSpec
 
 _PROMPT_FILE = "prompt.txt"
@@ -62,6 +64,7 @@ class CustomParser(StreamParser):
         if agent_id:
             self.report.agent_session_id = agent_id
             self._known.set(self.session_id, agent_id)  # a retry can resume it
+        self._tools(event)
         self.report.add_tokens(_total(c.tokens_in, event), _total(c.tokens_out, event))
         cost = _sum_of(c.cost_usd, event)
         self.report.add_cost(cost)
@@ -77,6 +80,21 @@ class CustomParser(StreamParser):
         else:  # any other event ends the message
             said, self._pending = self._pending, ""
         return (said or None), (said or None)
+
+    def _tools(self, event: dict[str, Any]) -> None:
+        """A tool call's start and end events (one call an event), paired by the call's ID."""
+        start, end = self.custom.tool_start, self.custom.tool_end
+        if start is not None and start.matches(event):
+            call_id = first(event, start.id)
+            if call_id not in (None, ""):
+                self.tool_started(str(call_id), str(first(event, start.name) or "tool"), first(event, start.input))
+        if end is not None and end.matches(event):
+            call_id = first(event, end.id)
+            if call_id not in (None, ""):
+                error = first(event, end.error)
+                failed = error not in (None, False, 0, "")
+                self.tool_finished(str(call_id), not failed, first(event, end.output),
+                                   (error if isinstance(error, str) else "failed") if failed else None)
 
 
 def _values(pointer: Pointer | None, event: dict[str, Any]) -> list[Any]:

@@ -9,8 +9,9 @@ starts a session of its own, its UUID derived from ours and the attempt number (
 is the one Gemini's ``init`` event names). ``--yolo`` (nobody answers
 approvals) unless ``args`` choose an approval mode. Events: ``init`` (``session_id``), ``message``
 (``role`` user echoes the prompt and never counts; assistant text comes in ``delta`` pieces,
-joined into lines here), ``tool_use``, ``tool_result``, ``error``, ``result`` (``stats`` tokens of
-this process; Gemini CLI reports no cost). See docs/agent-presets.md (Gemini CLI 0.61.0).
+joined into lines here), ``tool_use``, ``tool_result`` (paired by ``tool_id`` into tool spans, at
+their own timestamps), ``error``, ``result`` (``stats`` tokens of this process; Gemini CLI reports no
+cost). See docs/agent-presets.md (Gemini CLI 0.61.0).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, json_event
+from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, iso_seconds, json_event
 from ralph.agents.bound import UuidBoundPreset
 from ralph.agents.claude import _obj, claude_session_id
 
@@ -106,14 +107,20 @@ class GeminiParser(StreamParser):
         if kind == "init":
             sid = str(event.get("session_id") or self.gemini_id)
             self.report.agent_session_id = sid
+            self.model = str(event["model"]) if event.get("model") else self.model
             model = f" · model {event['model']}" if event.get("model") else ""
             return f"gemini session {sid}{model}", None
         if kind == "tool_use":
+            self.tool_started(str(event.get("tool_id") or ""), str(event.get("tool_name") or "tool"),
+                              event.get("parameters"), at=iso_seconds(event.get("timestamp")))
             return _tool_line(event), None
         if kind == "tool_result":
             error = _obj(event.get("error"))
-            if error or event.get("status") == "error":
-                why = str(error.get("message") or event.get("output") or "failed")
+            failed = bool(error) or event.get("status") == "error"
+            why = str(error.get("message") or event.get("output") or "failed")
+            self.tool_finished(str(event.get("tool_id") or ""), not failed, event.get("output"),
+                               why if failed else None, at=iso_seconds(event.get("timestamp")))
+            if failed:
                 return f"  ✗ {first_line(why, 160)}", None
             return f"  ← {first_line(str(event.get('output') or ''), 160) or '(no output)'}", None
         if kind == "error":
@@ -150,6 +157,7 @@ def _tool_line(event: dict[str, Any]) -> str:
 class GeminiPreset(UuidBoundPreset):
     name = "gemini"
     default_binary = "gemini"
+    provider = "gcp.gemini"  # the Gemini API (GOOGLE_GEMINI_BASE_URL points it elsewhere, same API)
 
     def stored(self, env: Mapping[str, str], native_id: str) -> bool:
         return bool(session_files(env, native_id))

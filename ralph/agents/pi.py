@@ -9,7 +9,9 @@ iteration passes that file, so a retry continues the session and ``pi --session 
 later. Text, tokens and cost come from the assistant messages' ``message_end`` events. pi retries
 failed model calls itself (``auto_retry_start``), and 0.73.1 exits 0 in JSON mode even when the
 call failed for good: the error's text is shown and matched like the model's, but the attempt is
-not a failure, so ralph does not retry it. See docs/agent-presets-more.md (pi 0.73.1).
+not a failure, so ralph does not retry it. Tool spans come from ``tool_execution_start`` /
+``tool_execution_end`` (paired by ``toolCallId``; pi gives them no times, so the times are when
+ralph read them). See docs/agent-presets-more.md (pi 0.73.1).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.agents.opencode import PROVIDERS
 
 SESSION_VERSION = 3  # pi's session file format (CURRENT_SESSION_VERSION in pi 0.73.1)
 _ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
@@ -70,9 +73,16 @@ class PiParser(StreamParser):
             if message.get("role") == "assistant":  # not the user's message: that is the prompt
                 return self._assistant(message)
             return None, None
+        if kind == "tool_execution_start":
+            self.tool_started(str(event.get("toolCallId") or ""), str(event.get("toolName") or "tool"),
+                              event.get("args"))
+            return None, None  # the assistant message showed the call
         if kind == "tool_execution_end":
             content = _text(_obj(event.get("result")).get("content"))
-            mark = "✗" if event.get("isError") else "←"
+            failed = bool(event.get("isError"))
+            self.tool_finished(str(event.get("toolCallId") or ""), not failed, content,
+                               (first_line(content) or "failed") if failed else None)
+            mark = "✗" if failed else "←"
             return f"  {mark} {first_line(content, 160) or '(no output)'}", None
         if kind == "auto_retry_start":
             return f"pi: retrying ({event.get('attempt')}/{event.get('maxAttempts')}): " \
@@ -80,6 +90,7 @@ class PiParser(StreamParser):
         return None, None
 
     def _assistant(self, message: dict[str, Any]) -> tuple[str | None, str | None]:
+        self.model = str(message["model"]) if message.get("model") else self.model
         usage = _obj(message.get("usage"))
         tokens_in = _sum(usage.get("input"), usage.get("cacheRead"), usage.get("cacheWrite"))
         self.report.add_tokens(tokens_in, _sum(usage.get("output")))
@@ -131,6 +142,13 @@ class PiPreset(Preset):
     name = "pi"
     default_binary = "pi"
     structured = True
+
+    def model_info(self, model: str | None) -> tuple[str | None, str | None]:
+        """pi's models are ``provider/model`` (its provider IDs are opencode's)."""
+        if not model or "/" not in model:
+            return None, model
+        provider, name = model.split("/", 1)
+        return PROVIDERS.get(provider, provider), name
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # batch items run in threads and share the preset

@@ -21,8 +21,9 @@ import pytest
 
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
-from tests.support.anthropic_server import ScriptedAnthropic, claude_env, error, text, tool_use, usage_limit
+from tests.support.claude import claude_env
 from tests.support.npm import NpmUnavailable, ensure_claude
+from tests.support.scripted_llm import ScriptedLLM, error, text, tool_use, usage_limit
 
 PROBE = ROOT / "tests" / "support" / "agent_probe.py"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -93,7 +94,7 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
     turns = [probe(claude_bin), text("One test fixed, more to go."),
              probe(claude_bin), text(f"All tests pass. {PROMISE}")]
     capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # content in the spans, on request
-    with ScriptedAnthropic(turns) as api:
+    with ScriptedLLM(turns, wire="anthropic") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url), **capture})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -167,7 +168,7 @@ def test_max_cost_usd_stops_the_loop(claude_bin: Path, on_path: dict[str, str], 
     # One request a session, 100 in / 20 out tokens: $0.0006 at claude-sonnet-4-5 prices. The budget
     # runs out in iteration 2, with no success condition ever holding.
     loop = loop_file(tmp_path, "max_cost_usd: 0.001")
-    with ScriptedAnthropic([], final_text="Still working.") as api:
+    with ScriptedLLM([], wire="anthropic", final_text="Still working.") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
     assert result.returncode == 1, result.stdout + result.stderr
     assert "max_cost_usd" in result.stdout + result.stderr
@@ -183,7 +184,7 @@ def test_a_retry_resumes_the_same_claude_session(claude_bin: Path, on_path: dict
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
                      "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
     turns = [error(500, "scripted overload"), probe(claude_bin), text(f"Fixed. {PROMISE}")]
-    with ScriptedAnthropic(turns) as api:
+    with ScriptedLLM(turns, wire="anthropic") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
@@ -209,7 +210,7 @@ def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Pat
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"\n          max_consecutive_failures: 1',
                      "usage_limit: {wait: 1s}")
     turns = [usage_limit(int(time.time()) + 1), text(f"Fixed. {PROMISE}")]
-    with ScriptedAnthropic(turns) as api:
+    with ScriptedLLM(turns, wire="anthropic") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
@@ -226,7 +227,7 @@ def test_a_prompt_naming_the_promise_claims_nothing(claude_bin: Path, on_path: d
     # The claude CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedAnthropic([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="anthropic") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["status"] for r in sessions()] == ["ok", "complete"]

@@ -21,8 +21,9 @@ import pytest
 
 from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
+from tests.support.codex import codex_env
 from tests.support.npm import NpmUnavailable, ensure_codex
-from tests.support.responses_server import ScriptedResponses, codex_env, error, exec_command, text, usage_limit
+from tests.support.scripted_llm import ScriptedLLM, error, exec_command, text, usage_limit
 
 PROBE = ROOT / "tests" / "support" / "agent_probe.py"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -85,7 +86,7 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")  # agent.bin, not PATH
     turns = [probe(codex_bin), text("One test fixed, more to go."),
              probe(codex_bin), exec_command("echo failing-command; exit 3"), text(f"All tests pass. {PROMISE}")]
-    with ScriptedResponses(turns) as api:
+    with ScriptedLLM(turns, wire="responses") as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url, "another-model"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -153,7 +154,7 @@ def test_a_retry_resumes_the_same_codex_thread(codex_bin: Path, tmp_path: Path) 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
                      f"bin: {codex_bin}", "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
     turns = [error(500, "scripted overload"), probe(codex_bin), text(f"Fixed. {PROMISE}")]
-    with ScriptedResponses(turns) as api:
+    with ScriptedLLM(turns, wire="responses") as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
@@ -176,7 +177,7 @@ def test_a_usage_limit_pauses_until_its_reset_and_resumes_the_thread(codex_bin: 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"\n          max_consecutive_failures: 1',
                      f"bin: {codex_bin}", "usage_limit: {wait: 1h}")  # the reset is read, not the 1h
     turns = [usage_limit(int(time.time()) + 2), text(f"Fixed. {PROMISE}")]
-    with ScriptedResponses(turns) as api:
+    with ScriptedLLM(turns, wire="responses") as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "hit your usage limit" in result.stdout
@@ -193,7 +194,7 @@ def test_a_prompt_naming_the_promise_claims_nothing(codex_bin: Path, tmp_path: P
     # The codex CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")
     loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedResponses([text("Working on it."), text(f"Done. {PROMISE}")]) as api:
+    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="responses") as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["status"] for r in sessions()] == ["ok", "complete"]

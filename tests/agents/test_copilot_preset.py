@@ -1,6 +1,6 @@
 """The ``copilot`` preset with the real GitHub Copilot CLI (npm ``@github/copilot``, pinned in
 tests/support/copilot.py) in offline mode against the scripted OpenAI-compatible server
-(tests/support/llm_server.py), driven by a real ``ralph run``.
+(tests/support/scripted_llm.py), driven by a real ``ralph run``.
 
 Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
 failing to install it fails these tests; without CI they are skipped only when npm is absent.
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, wait_for_text
+from handshake import PY, alive, db_rows, spans, wait_for_text
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
 from tests.support.copilot import copilot_env, ensure_copilot
-from tests.support.llm_server import ScriptedLLM, bash, error, text
 from tests.support.npm import NpmUnavailable
+from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -57,6 +57,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
         bash(f'echo "$OPENCODE_SESSION_ID $RALPH_ATTEMPT" >> {seen}; echo "I will say {PROMISE}"; '
              f"(sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 &)", "Record the session"),
         text("Fixed one test."),
+        bash("echo failing-command; exit 3", "Run the tests"),  # iteration 2: a command that fails
         text(f"All tests pass. {PROMISE}"),
     ]
     loop = write_loop(tmp_path, f"""
@@ -91,7 +92,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     assert "copilot: error: 400 scripted bad request" in result.stdout
 
     assert seen.read_text().splitlines() == [f"{rows[0]['id']} 2"]  # the shell tool saw our session
-    for row, tokens in zip(rows, [(200, 40), (100, 20)], strict=True):
+    for row, tokens in zip(rows, [(200, 40), (200, 40)], strict=True):
         copilot_id = copilot_session_id(row["id"])
         assert row["agent_session_id"] == copilot_id
         assert (row["tokens_in"], row["tokens_out"]) == tokens  # the failed call reported none
@@ -103,6 +104,35 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     assert "Fixed one test." in result.stdout and "→ bash: $ echo" in result.stdout
     assert '"type"' not in result.stdout and "-Fix the next" not in result.stdout
     assert not alive(int(pidfile.read_text()))
+
+    # GenAI / OpenInference on the agent steps, tokens included (read from Copilot's log at its
+    # result event); the bash call a child span of the attempt that made it (attempt 2), no content.
+    all_spans = spans(isolated)
+    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
+                   if s["name"] == "ralph.step"}
+    retried = agent_spans[(rows[0]["id"], "2")]
+    a = retried["attrs"]
+    assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
+        "AGENT", MODEL, MODEL)
+    assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
+    assert "gen_ai.usage.input_tokens" not in agent_spans[(rows[0]["id"], "1")]["attrs"]  # the failed call
+    tool, failing = sorted((s for s in all_spans if s["name"].startswith("execute_tool")),
+                           key=lambda s: int(s["startTimeUnixNano"]))
+    log = (isolated / "logs" / rows[0]["run_id"] / rows[0]["id"] / "agent.attempt2.log").read_text()
+    (start,) = [e["data"] for e in map(json.loads, log.splitlines()) if e["type"] == "tool.execution_start"]
+    # iteration 2's `exit 3`: a failed call (Copilot says success, the shell's exit code says no)
+    assert failing["parentSpanId"] == agent_spans[(rows[1]["id"], "1")]["spanId"]
+    assert failing["status"]["code"] in (2, "STATUS_CODE_ERROR") and failing["status"]["message"] == "the tool failed"
+    assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
+    assert tool["attrs"] == {
+        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
+        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
+        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
+    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
+        <= int(retried["endTimeUnixNano"])
+    for words in ("RALPH_ATTEMPT", "failing-command"):  # commands and their output are content
+        assert words not in (isolated / "traces.jsonl").read_text()
 
 
 @pytest.mark.slow
@@ -178,3 +208,36 @@ def test_tokens_are_those_of_the_last_process_in_the_session_log(tmp_path: Path)
     log.write_text("".join(json.dumps(e) + "\n" for e in lines) + '{"type": "session.usage_rec')  # cut short
     assert last_run_usage(log) == (400, 40)
     assert last_run_usage(tmp_path / "missing.jsonl") == (None, None)
+
+
+# Tool events as Copilot CLI 1.0.102 printed them (real runs', trimmed: the first command shortened,
+# telemetry left out). A command exiting 3 is a "success" with the shell's exit code beside it.
+TOOL_EVENTS = [
+    '{"type":"assistant.message","data":{"messageId":"df87","model":"scripted-model","content":"",'
+    '"toolRequests":[{"toolCallId":"call_a69f60b09f394952","name":"bash","arguments":{"command":"echo hi",'
+    '"description":"Record the session"},"type":"function"}]},"timestamp":"2026-11-30T02:13:19.684Z"}',
+    '{"type":"tool.execution_start","data":{"toolCallId":"call_a69f60b09f394952","toolName":"bash",'
+    '"arguments":{"command":"echo hi","description":"Record the session"},"turnId":"0","model":"scripted-model",'
+    '"toolTitle":"Running command"},"id":"0f99","timestamp":"2026-11-30T02:13:19.686Z","parentId":"82a1"}',
+    '{"type":"tool.execution_complete","data":{"toolCallId":"call_a69f60b09f394952","model":"scripted-model",'
+    '"turnId":"0","rte":false,"shellExecution":{"exitCode":0},"success":true,"result":{"content":'
+    '"hi\\n<shellId: 0 completed with exit code 0>"}},"id":"231a","timestamp":"2026-11-30T02:13:19.745Z"}',
+    '{"type":"tool.execution_start","data":{"toolCallId":"call_e9fd2483c1d64472","toolName":"bash","arguments":'
+    '{"command":"echo failing-command; exit 3","description":"Run the tests"}},"timestamp":"2026-11-30T02:13:20.000Z"}',
+    '{"type":"tool.execution_complete","data":{"toolCallId":"call_e9fd2483c1d64472","model":"scripted-model",'
+    '"turnId":"0","rte":false,"shellExecution":{"exitCode":3},"success":true,"result":{"content":"failing-command\\n'
+    '<shellId: 0 completed with exit code 3>"}},"timestamp":"2026-11-30T02:13:20.500Z"}',
+]
+
+
+def test_the_parser_pairs_tool_execution_events_into_tool_calls() -> None:
+    parser = CopilotParser("fallback")
+    shown = [parser.feed(line.encode() + b"\n")[0] for line in TOOL_EVENTS]
+    assert shown[1:] == [None, "  ← hi …", None, "  ✗ failing-command …"]  # the start: shown with the request
+    assert parser.model == "scripted-model"
+    done, failed = parser.finish()
+    assert (done.call_id, done.name, done.ok, done.error) == ("call_a69f60b09f394952", "bash", True, None)
+    assert json.loads(done.input or "") == {"command": "echo hi", "description": "Record the session"}
+    assert done.output == "hi\n<shellId: 0 completed with exit code 0>"
+    assert (done.start, done.end) == (1796004799.686, 1796004799.745)  # Copilot's own timestamps
+    assert (failed.call_id, failed.ok, failed.error) == ("call_e9fd2483c1d64472", False, "exit 3")  # its exit code

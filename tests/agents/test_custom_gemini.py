@@ -17,7 +17,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import gemini_env, node
 from tests.support.npm import NpmUnavailable, ensure_gemini
-from tests.support.scripted_api import ScriptedAPI, shell, text
+from tests.support.scripted_llm import ScriptedLLM, shell, text
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,15 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
             session_id: {{path: $.session_id, where: {{type: init}}}}
             tokens_in: {{path: $.stats.input_tokens, where: {{type: result}}}}
             tokens_out: {{path: $.stats.output_tokens, where: {{type: result}}}}
+            tool_start: {{id: $.tool_id, name: $.tool_name, input: $.parameters, where: {{type: tool_use}}}}
+            tool_end: {{id: $.tool_id, output: $.output, error: $.error.message, where: {{type: tool_result}}}}
         until:
           max_iterations: 3
           output_contains: "{PROMISE}"
         """)
     turns = [shell(f"{PY} {PROBE} {node()}"), text("Not yet."),
              shell(f"{PY} {PROBE} {node()}"), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="gemini") as api:
+    with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = sorted(json.loads(ralph("sessions", "--json").stdout), key=lambda s: s["iteration"])
@@ -74,7 +76,15 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
         gemini_id = str(uuid.uuid5(NAMESPACE, row["id"]))
         assert row["agent_session_id"] == gemini_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)
-        (step,) = json.loads(ralph("show", row["id"], "--json").stdout)["steps"]
+        detail = json.loads(ralph("show", row["id"], "--json").stdout)
+        (step,) = detail["steps"]
+        # The tool pointers: the shell call a child span of the agent step, without content.
+        (use,) = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()
+                  if line.startswith('{"type":"tool_use"')]
+        (tool,) = [s for s in detail["spans"] if s["name"].startswith("execute_tool")]
+        assert tool["name"] == "execute_tool run_shell_command" and tool["parent_id"] == step["span_id"]
+        assert tool["status"] == "unset" and tool["attributes"]["gen_ai.tool.call.id"] == use["tool_id"]
+        assert "gen_ai.tool.call.arguments" not in tool["attributes"]  # content only on request
         (report,) = probes(Path(step["log_path"]).read_text())
         argv = report["agent"]["argv"]
         assert argv[argv.index("-o"):] == ["-o", "stream-json", "--skip-trust", "--yolo", "-m", MODEL,

@@ -1,6 +1,6 @@
 """The ``gemini`` preset with the real Gemini CLI (npm ``@google/gemini-cli``, pinned in
 tests/support/npm.py) against a scripted Gemini API on 127.0.0.1 (``GOOGLE_GEMINI_BASE_URL``;
-tests/support/scripted_api.py), driven by a real ``ralph run``. The model's turns make Gemini's
+tests/support/scripted_llm.py), driven by a real ``ralph run``. The model's turns make Gemini's
 shell tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool
 saw and the argv and env of the gemini (node) process above it.
 
@@ -22,7 +22,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import gemini_env, node
 from tests.support.npm import NpmUnavailable, ensure_gemini
-from tests.support.scripted_api import ScriptedAPI, Turn, error, shell, text
+from tests.support.scripted_llm import ScriptedLLM, Turn, error, shell, text
 
 pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
 
@@ -97,7 +97,7 @@ def test_two_iterations_with_the_real_gemini(gemini_bin: Path, tmp_path: Path, i
              f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
     turns = [probe(leave), text("One test fixed,\nmore to go."),
              probe(), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="gemini") as api:
+    with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -122,6 +122,26 @@ def test_two_iterations_with_the_real_gemini(gemini_bin: Path, tmp_path: Path, i
         assert stream[1]["type"] == "message" and stream[1]["role"] == "user" and PROMISE in stream[1]["content"]
         iteration_span = next(s for s in detail["spans"] if s["name"] == "ralph.iteration")
         assert iteration_span["attributes"]["ralph.agent.session_id"] == gemini_id
+        # GenAI / OpenInference on the agent step; Gemini's tool_use / tool_result as a child span
+        agent_span = next(s for s in detail["spans"] if s["name"] == "ralph.step")
+        a = agent_span["attributes"]
+        assert (a["openinference.span.kind"], a["gen_ai.operation.name"], a["gen_ai.provider.name"]) == (
+            "AGENT", "invoke_agent", "gcp.gemini")
+        assert (a["gen_ai.request.model"], a["gen_ai.response.model"], a["llm.model_name"]) == (MODEL, MODEL, MODEL)
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (200, 40)
+        (llm,) = [s for s in detail["spans"] if s["name"] == f"chat {MODEL}"]
+        (tool,) = [s for s in detail["spans"] if s["parent_id"] == agent_span["span_id"] and s is not llm]
+        (use,) = [e for e in stream if e["type"] == "tool_use"]
+        (done,) = [e for e in stream if e["type"] == "tool_result"]
+        assert tool["name"] == "execute_tool run_shell_command" and tool["status"] == "unset"
+        assert tool["attributes"] == {
+            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "run_shell_command", "tool.name": "run_shell_command",
+            "gen_ai.tool.call.id": use["tool_id"], "session.id": row["id"],
+            "gen_ai.conversation.id": row["id"]}  # no content: that is asked for
+        assert done["tool_id"] == use["tool_id"] and done["status"] == "success"
+        assert agent_span["start"] <= tool["start"] <= tool["end"] <= agent_span["end"]
+        assert PROBE.name not in json.dumps(detail["spans"])  # the command is content too
 
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
@@ -160,8 +180,10 @@ def test_a_retry_resumes_the_same_gemini_session(gemini_bin: Path, tmp_path: Pat
                      "retry: {attempts: 3, backoff: 0.1s, max_backoff: 0.1s}")
     turns = [error(400, "scripted bad request"), probe(), error(400, "scripted bad request"), probe(),
              text(f"Fixed. {PROMISE}")]
-    with ScriptedAPI(turns, shape="gemini") as api:
-        result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
+    capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # tool content in the spans
+    with ScriptedLLM(turns, wire="gemini") as api:
+        result = ralph("run", str(loop), env={**gemini_env(tmp_path, gemini_bin, api.base_url), **capture},
+                       timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
     first, second = (str(uuid.uuid5(NAMESPACE, name)) for name in (row["id"], f"{row['id']}#2"))
@@ -174,6 +196,15 @@ def test_a_retry_resumes_the_same_gemini_session(gemini_bin: Path, tmp_path: Pat
     assert [a[a.index("--yolo") + 1:a.index("--yolo") + 3] for a in argvs] == [
         ["--session-id", second], ["--resume", second]]
     assert "gemini: error: " in result.stdout and "scripted bad request" in result.stdout
+    # Attempts 2 and 3 ran the tool: each call a child of its attempt's step span, its command and
+    # output captured.
+    spans = show(row["id"])["spans"]
+    tools = sorted((s for s in spans if s["name"].startswith("execute_tool")), key=lambda s: s["start"])
+    assert [t["parent_id"] for t in tools] == [steps[1]["span_id"], steps[2]["span_id"]]
+    (use,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "tool_use"]
+    t = tools[0]["attributes"]
+    assert (t["gen_ai.tool.call.id"], json.loads(t["gen_ai.tool.call.arguments"])) == (use["tool_id"], use["parameters"])
+    assert t["gen_ai.tool.call.result"].startswith("RALPH-PROBE") and t["output.value"] == t["gen_ai.tool.call.result"]
     # One conversation from attempt 2 on: attempt 3's request carries attempt 2's prompt and tool call.
     assert len(api.scripted_requests) == 5
     resumed = json.dumps(api.scripted_requests[3]["contents"])
@@ -186,3 +217,38 @@ def test_a_missing_gemini_is_a_usage_error(tmp_path: Path, isolated: Path) -> No
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the gemini preset needs `gemini` on PATH (or set agent.bin)" in result.stderr
     assert not (isolated / "ralph.db").exists()  # nothing ran
+
+
+# Events as Gemini CLI 0.61.0 printed them (a real run's, the command shortened); the failed
+# tool_result is in the shape its source (nonInteractiveCli) writes.
+TOOL_EVENTS = [
+    '{"type":"init","timestamp":"2026-11-30T02:13:11.423Z","session_id":"e3c252a0-5e9c-5ab2-9472-c8c047ccdd95",'
+    '"model":"gemini-2.5-flash"}',
+    '{"type":"tool_use","timestamp":"2026-11-30T02:13:11.476Z","tool_name":"run_shell_command",'
+    '"tool_id":"run_shell_command__run_shell_command_1796004791451_0","parameters":{"command":"python3 probe.py",'
+    '"description":"Run a command","is_background":false}}',
+    '{"type":"tool_result","timestamp":"2026-11-30T02:13:11.749Z",'
+    '"tool_id":"run_shell_command__run_shell_command_1796004791451_0","status":"success","output":"RALPH-PROBE {}"}',
+    '{"type":"tool_use","timestamp":"2026-11-30T02:13:12.000Z","tool_name":"read_file","tool_id":"read_file_2",'
+    '"parameters":{"file_path":"missing.py"}}',
+    '{"type":"tool_result","timestamp":"2026-11-30T02:13:12.250Z","tool_id":"read_file_2","status":"error",'
+    '"error":{"type":"file_not_found","message":"File not found: missing.py"}}',
+    '{"type":"tool_use","timestamp":"2026-11-30T02:13:12.500Z","tool_name":"run_shell_command","tool_id":"cut_3",'
+    '"parameters":{"command":"sleep 300"}}',
+]
+
+
+def test_the_parser_turns_tool_use_and_tool_result_into_tool_calls_at_their_own_times() -> None:
+    from ralph.agents.gemini import GeminiParser
+
+    parser = GeminiParser("fallback")
+    shown = [parser.feed(line.encode() + b"\n")[0] for line in TOOL_EVENTS]
+    assert shown[2] == "  ← RALPH-PROBE {}" and shown[4] == "  ✗ File not found: missing.py"
+    assert parser.model == "gemini-2.5-flash"
+    shell, read, cut = parser.finish(at=1796004800.0)
+    assert (shell.call_id, shell.name, shell.ok, shell.output, shell.error) == (
+        "run_shell_command__run_shell_command_1796004791451_0", "run_shell_command", True, "RALPH-PROBE {}", None)
+    assert json.loads(shell.input or "")["command"] == "python3 probe.py"
+    assert (shell.start, shell.end) == (1796004791.476, 1796004791.749)  # Gemini's own timestamps
+    assert (read.name, read.ok, read.error) == ("read_file", False, "File not found: missing.py")
+    assert (cut.call_id, cut.ok, cut.error, cut.end) == ("cut_3", False, "no result", 1796004800.0)  # never answered

@@ -1,5 +1,5 @@
 """The ``kilo`` preset with the real Kilo Code CLI (npm ``@kilocode/cli``, pinned in
-tests/support/kilo.py) against the scripted OpenAI-compatible server (tests/support/llm_server.py),
+tests/support/kilo.py) against the scripted OpenAI-compatible server (tests/support/scripted_llm.py),
 driven by a real ``ralph run``. Kilo is an opencode fork: the preset is the opencode one under
 another name, so these check what Kilo itself must do for it (import, run --session, events).
 
@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import alive, db_rows
+from handshake import alive, db_rows, spans
 
 from helpers import PY, ralph, write_loop
 from tests.agents.test_opencode_preset import FAKE_OPENCODE
 from tests.support.kilo import ensure_kilo, kilo_env
-from tests.support.llm_server import ScriptedLLM, bash, error, text
 from tests.support.npm import NpmUnavailable
+from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted/scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -87,9 +87,10 @@ def test_kilo_runs_each_iteration_in_a_kilo_session_that_is_ralphs(kilo_bin: Pat
           max_iterations: 4
           output_contains: "{PROMISE}"
         """)
+    capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # tool content in the spans
     with ScriptedLLM(turns) as srv:
         env = env_for(tmp_path, srv, kilo_bin)
-        result = ralph("run", str(loop), env=env, timeout=600)
+        result = ralph("run", str(loop), env={**env, **capture}, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning" not in result.stderr, result.stderr
     assert "success condition held" in result.stdout
@@ -116,6 +117,33 @@ def test_kilo_runs_each_iteration_in_a_kilo_session_that_is_ralphs(kilo_bin: Pat
     # Kilo's own store: our IDs, our titles
     assert kilo_sessions(kilo_bin, env, workdir) == {r["id"]: r["title"] for r in rows}
     assert not alive(int(pidfile.read_text()))
+
+    # The opencode preset's spans: provider and model from `provider/model`, each bash call a child
+    # span of the attempt that made it, at Kilo's own times, its command and output captured.
+    all_spans = spans(isolated)
+    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
+                   if s["name"] == "ralph.step"}
+    tools = sorted((s for s in all_spans if s["name"].startswith("execute_tool")),
+                   key=lambda s: int(s["startTimeUnixNano"]))
+    made_by = [(rows[0]["id"], "2", "agent.attempt2.log"), (rows[1]["id"], "1", "agent.log")]
+    assert len(tools) == len(made_by)
+    for tool, (sid, attempt, log) in zip(tools, made_by, strict=True):
+        agent_span = agent_spans[(sid, attempt)]
+        a = agent_span["attrs"]
+        assert (a["gen_ai.provider.name"], a["gen_ai.request.model"], a["openinference.span.kind"]) == (
+            "scripted", "scripted-model", "AGENT")
+        events = [json.loads(line) for line in (isolated / "logs" / rows[0]["run_id"] / sid / log).read_text()
+                  .splitlines() if line.startswith("{")]
+        (part,) = [e["part"] for e in events if e["type"] == "tool_use"]
+        assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == agent_span["spanId"]
+        t = tool["attrs"]
+        assert (t["openinference.span.kind"], t["gen_ai.tool.name"], t["gen_ai.tool.call.id"], t["session.id"]) == (
+            "TOOL", "bash", part["callID"], sid)
+        assert json.loads(t["gen_ai.tool.call.arguments"]) == part["state"]["input"]
+        assert t["gen_ai.tool.call.result"] == part["state"]["output"]
+        assert int(tool["startTimeUnixNano"]) == part["state"]["time"]["start"] * 1_000_000  # Kilo's own times
+        assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert "I will say" in tools[0]["attrs"]["output.value"]
 
 
 def test_a_missing_kilo_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:

@@ -1,6 +1,6 @@
 """The ``opencode`` preset, end to end: a real ``ralph run`` (CLI subprocess) drives the real opencode
 (npm ``opencode-ai``, pinned in tests/support/opencode.py) against the scripted OpenAI-compatible
-server in this process (tests/support/llm_server.py).
+server in this process (tests/support/scripted_llm.py).
 
 With CI set these must run: failing to install opencode fails them. Locally they are skipped
 only when npm is absent. Each opencode run takes a few seconds, so the runs are few and each test
@@ -25,8 +25,8 @@ from handshake import PY, alive, db_rows, spans, wait_for_text
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.opencode import IMPORT_FILE, OpencodeParser, _Binding
-from tests.support.llm_server import ScriptedLLM, bash, rate_limited, text
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events, run_opencode
+from tests.support.scripted_llm import ScriptedLLM, bash, rate_limited, text
 
 MODEL = "scripted/scripted-model"
 ENV_COMMAND = "env | grep -E '^(OPENCODE_SESSION|RALPH_|TRACEPARENT)' | sort"

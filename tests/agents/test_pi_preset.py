@@ -1,5 +1,5 @@
 """The ``pi`` preset with the real pi coding agent (npm ``@mariozechner/pi-coding-agent``, pinned in
-tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/llm_server.py,
+tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/scripted_llm.py,
 declared in an isolated ``~/.pi/agent/models.json``), driven by a real ``ralph run``.
 
 Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, wait_for_text
+from handshake import PY, alive, db_rows, spans, wait_for_text
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.pi import PiParser, sessions_dir
-from tests.support.llm_server import ScriptedLLM, bash, text
 from tests.support.npm import NpmUnavailable
 from tests.support.pi import ensure_pi, pi_env
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 MODEL = "scripted/scripted-model"
 PROMISE = "<promise>COMPLETE</promise>"
@@ -113,6 +113,28 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     assert '"type"' not in result.stdout and "-Fix the next" not in result.stdout
     assert not alive(int(pidfile.read_text()))
 
+    # GenAI / OpenInference on the agent steps (pi's provider/model split as opencode's); the bash
+    # call a child span of the attempt that made it (attempt 2), no content.
+    all_spans = spans(isolated)
+    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
+                   if s["name"] == "ralph.step"}
+    retried = agent_spans[(rows[0]["id"], "2")]
+    a = retried["attrs"]
+    assert (a["openinference.span.kind"], a["gen_ai.provider.name"], a["gen_ai.request.model"],
+            a["gen_ai.response.model"]) == ("AGENT", "scripted", "scripted-model", "scripted-model")
+    assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
+    (tool,) = [s for s in all_spans if s["name"].startswith("execute_tool")]
+    (start,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "tool_execution_start"]
+    assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
+    assert tool["attrs"] == {
+        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
+        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
+        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
+    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
+        <= int(retried["endTimeUnixNano"])
+    assert "RALPH_ATTEMPT" not in (isolated / "traces.jsonl").read_text()  # the command is content
+
 
 @pytest.mark.slow
 def test_an_interrupt_ends_pi_and_what_its_shell_tool_started(pi_bin: Path, tmp_path: Path,
@@ -183,3 +205,43 @@ def test_the_session_file_goes_where_pi_lists_the_workdirs_sessions() -> None:
     assert sessions_dir({"HOME": "/h", "PI_CODING_AGENT_DIR": "~/pi"}, work) == Path("/h/pi/sessions/--srv-app-1-src--")
     assert sessions_dir({"PI_CODING_AGENT_DIR": "/opt/pi"}, work) == Path("/opt/pi/sessions/--srv-app-1-src--")
     assert sessions_dir({}, work) is None
+
+
+# Tool events as pi 0.73.1 printed them (a real run's, the command shortened; tool_execution_update
+# left out); the failed one in the shape pi-agent-core writes for a tool that threw.
+TOOL_EVENTS = [
+    '{"type":"message_end","message":{"role":"assistant","content":[{"type":"toolCall","id":"call_89fc0895d9f44f06",'
+    '"name":"bash","arguments":{"command":"echo hi","description":"Record the session"}}],"api":"openai-completions",'
+    '"provider":"scripted","model":"scripted-model","usage":{"input":100,"output":20,"cacheRead":0,"cacheWrite":0,'
+    '"totalTokens":120,"cost":{"total":0.0006}},"stopReason":"toolUse","timestamp":1796004823191}}',
+    '{"type":"tool_execution_start","toolCallId":"call_89fc0895d9f44f06","toolName":"bash","args":{"command":"echo hi",'
+    '"description":"Record the session"}}',
+    '{"type":"tool_execution_end","toolCallId":"call_89fc0895d9f44f06","toolName":"bash","result":{"content":'
+    '[{"type":"text","text":"hi\\n"}]},"isError":false}',
+    '{"type":"tool_execution_start","toolCallId":"call_2","toolName":"read","args":{"path":"missing.py"}}',
+    '{"type":"tool_execution_end","toolCallId":"call_2","toolName":"read","result":{"content":[{"type":"text",'
+    '"text":"ENOENT: no such file or directory"}],"details":{}},"isError":true}',
+]
+
+
+def test_the_parser_pairs_tool_execution_events_into_tool_calls() -> None:
+    parser = PiParser()
+    shown = [parser.feed(line.encode() + b"\n")[0] for line in TOOL_EVENTS]
+    assert shown == ["→ bash: $ echo hi", None, "  ← hi", None, "  ✗ ENOENT: no such file or directory"]
+    assert parser.model == "scripted-model"
+    done, failed = parser.finish()
+    assert (done.call_id, done.name, done.ok, done.output, done.error) == (
+        "call_89fc0895d9f44f06", "bash", True, "hi\n", None)
+    assert json.loads(done.input or "") == {"command": "echo hi", "description": "Record the session"}
+    assert done.start <= done.end
+    assert (failed.call_id, failed.name, failed.ok, failed.error) == (
+        "call_2", "read", False, "ENOENT: no such file or directory")
+
+
+def test_pis_provider_and_model() -> None:
+    from ralph.agents.pi import PRESET
+
+    assert PRESET.model_info("google/gemini-2.5-pro") == ("gcp.gemini", "gemini-2.5-pro")
+    assert PRESET.model_info("anthropic/claude-sonnet-4-5") == ("anthropic", "claude-sonnet-4-5")
+    assert PRESET.model_info("sonnet") == (None, "sonnet")  # pi finds the provider itself
+    assert PRESET.model_info(None) == (None, None)

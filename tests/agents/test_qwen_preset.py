@@ -1,6 +1,6 @@
 """The ``qwen`` preset with the real Qwen Code CLI (npm ``@qwen-code/qwen-code``, pinned in
 tests/support/npm.py) against a scripted OpenAI-compatible API on 127.0.0.1
-(tests/support/scripted_api.py), driven by a real ``ralph run``. The model's turns make Qwen's shell
+(tests/support/scripted_llm.py), driven by a real ``ralph run``. The model's turns make Qwen's shell
 tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool saw
 and the argv and env of the qwen (node) process above it.
 
@@ -22,7 +22,7 @@ from helpers import PY, ROOT, ralph, write_loop
 from tests.support.agent_probe import probes
 from tests.support.node_agents import node, qwen_env
 from tests.support.npm import NpmUnavailable, ensure_qwen
-from tests.support.scripted_api import ScriptedAPI, Turn, shell, text
+from tests.support.scripted_llm import ScriptedLLM, Turn, offers_no_tools, shell, text
 
 pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
 
@@ -93,7 +93,7 @@ def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isola
     leave = (f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
              f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
     turns = [probe(leave), text("One test fixed, more to go."), probe(), text(f"All tests pass. {PROMISE}")]
-    with ScriptedAPI(turns, shape="openai") as api:
+    with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout + result.stderr
@@ -110,7 +110,27 @@ def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isola
         assert row["agent_session_id"] == qwen_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
         assert row["cost_usd"] is None  # Qwen Code reports none
-        (step,) = show(row["id"])["steps"]
+        detail = show(row["id"])
+        (step,) = detail["steps"]
+        # GenAI / OpenInference on the agent step; the shell call (Claude-shaped tool_use /
+        # tool_result, read by the claude parser) a child span of it, without content.
+        agent_span = next(s for s in detail["spans"] if s["name"] == "ralph.step")
+        a = agent_span["attributes"]
+        assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
+            "AGENT", MODEL, MODEL)
+        assert "gen_ai.provider.name" not in a  # whatever OpenAI-compatible endpoint Qwen Code is given
+        stream = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()
+                  if line.startswith("{")]
+        (use,) = [b for e in stream if e["type"] == "assistant" for b in e["message"]["content"]
+                  if b["type"] == "tool_use"]
+        (tool,) = [s for s in detail["spans"] if s["name"].startswith("execute_tool")]
+        assert tool["name"] == "execute_tool run_shell_command" and tool["status"] == "unset"
+        assert tool["parent_id"] == agent_span["span_id"]
+        assert tool["attributes"] == {
+            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": "run_shell_command", "tool.name": "run_shell_command",
+            "gen_ai.tool.call.id": use["id"], "session.id": row["id"], "gen_ai.conversation.id": row["id"]}
+        assert agent_span["start"] <= tool["start"] <= tool["end"] <= agent_span["end"]
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
         assert agent is not None, report
@@ -137,7 +157,7 @@ def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, i
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
                      "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
     turns = [probe(" --kill"), probe(), text(f"Fixed. {PROMISE}")]
-    with ScriptedAPI(turns, shape="openai") as api:
+    with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
@@ -150,6 +170,12 @@ def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, i
     argv = report["agent"]["argv"]
     assert argv[argv.index("--yolo") + 1:argv.index("--yolo") + 3] == ["--resume", qwen_id]
     assert report["tool_env"]["RALPH_ATTEMPT"] == "2"
+    # Attempt 1's call never answered (its tool killed the agent): a failed span; attempt 2's is ok.
+    tools = sorted((s for s in show(row["id"])["spans"] if s["name"].startswith("execute_tool")),
+                   key=lambda s: s["start"])
+    assert [(t["parent_id"], t["status"]) for t in tools] == [
+        (steps[0]["span_id"], "error"), (steps[1]["span_id"], "unset")]
+    assert tools[0]["status_message"] == "the tool failed"  # its error text is content: not captured
     # One conversation: attempt 2's request carries attempt 1's prompt as well as its own.
     assert len(api.scripted_requests) == 3
     assert json.dumps(api.scripted_requests[1]["messages"]).count("Iteration 1 of qwen-test") == 2
@@ -159,10 +185,10 @@ def test_an_api_error_is_the_models_text_for_retry_on_output(qwen_bin: Path, tmp
                                                               isolated: Path) -> None:
     """Qwen Code answers an API error with exit 0 and "[API Error: …]" as the reply: it shows, and
     counts as the agent's output (for retry.on_output and output_contains); the exit code says ok."""
-    from tests.support.scripted_api import error
+    from tests.support.scripted_llm import error
 
     loop = loop_file(tmp_path, 'output_contains: "API Error: 400"')
-    with ScriptedAPI([error(400, "scripted bad request")], shape="openai") as api:
+    with ScriptedLLM([error(400, "scripted bad request")], wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()

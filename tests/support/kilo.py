@@ -3,7 +3,7 @@
 - :func:`ensure_kilo` installs ``@kilocode/cli@KILO_VERSION`` into the test cache (see
   tests/support/npm.py) and returns its platform package's self-contained ``bin/kilo``.
 - :func:`kilo_env` makes an isolated kilo home (XDG dirs + HOME) whose config points a provider
-  at a scripted OpenAI-compatible server (tests/support/llm_server.py).
+  at a scripted OpenAI-compatible server (tests/support/scripted_llm.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Env for the node agent CLIs under test (Gemini CLI, Qwen Code): an isolated HOME, the scripted
-API (tests/support/scripted_api.py) as their endpoint, and the CLI on PATH."""
+API (tests/support/scripted_llm.py) as their endpoint, and the CLI on PATH."""
 
 from __future__ import annotations
 
