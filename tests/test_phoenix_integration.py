@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gitrepo import drop_session_refs
 
 from helpers import PY, ROOT, ralph, write_loop, yaml_list
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events
@@ -162,9 +163,10 @@ def test_trace_per_session_lists_every_session_in_phoenix(tmp_path: Path, phoeni
     assert run["trace_id"] not in {s["trace_id"] for s in sessions}
 
 
-def test_the_readme_phoenix_example_runs_clean(tmp_path: Path, phoenix: PhoenixServer) -> None:
+def test_the_readme_phoenix_example_runs_clean(tmp_path: Path, isolated: Path, phoenix: PhoenixServer) -> None:
     """README: `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:6006 ralph run loops/demo.yaml`."""
     result = ralph("run", str(ROOT / "loops" / "demo.yaml"), env={"OTEL_EXPORTER_OTLP_ENDPOINT": phoenix.base_url})
+    drop_session_refs(ROOT, isolated)  # the demo ran in this checkout: leave no snapshot refs in it
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning" not in result.stderr.lower(), result.stderr
     assert len([line for line in result.stderr.splitlines() if "405" in line]) == 1  # the one quiet line
