@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ class CancelToken:
         os.set_blocking(self._w, False)
         self.signum: int | None = None
         self.presses = 0
-        self._event = threading.Event()
+        # A plain flag, not a threading.Event: the handler runs in the main thread between two
+        # bytecodes, possibly inside Event.wait holding the Event's own lock (set() would deadlock).
+        self._cancelled = False
 
     @property
     def fd(self) -> int:
@@ -31,7 +34,7 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     @property
     def urgent(self) -> bool:
@@ -47,13 +50,16 @@ class CancelToken:
     def stop(self) -> None:
         """Cancel. Called from inside (one batch item failed hard), children stop as on a first
         Ctrl-C, but the run is not recorded as interrupted by a signal."""
-        self._event.set()
+        self._cancelled = True
         with contextlib.suppress(OSError):  # already readable (or closed at shutdown): enough
             os.write(self._w, b"x")
 
     def wait(self, seconds: float) -> bool:
-        """Sleep that an interrupt cuts short. True if cancelled."""
-        return self._event.wait(seconds)
+        """Sleep that an interrupt cuts short (the pipe turns readable). True if cancelled."""
+        if not self._cancelled:
+            with contextlib.suppress(OSError, ValueError):  # closed at shutdown: nothing to wait for
+                select.select([self._r], [], [], max(0.0, seconds))
+        return self._cancelled
 
     def close(self) -> None:
         for fd in (self._r, self._w):
