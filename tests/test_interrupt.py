@@ -220,3 +220,34 @@ def test_an_interrupt_stops_every_parallel_item(tmp_path: Path, isolated: Path) 
         assert signals_seen(folder) == ["SIGINT", "SIGTERM"]
     assert db_rows(isolated, "SELECT DISTINCT status FROM sessions") == [{"status": "interrupted"}]
     assert len(db_rows(isolated, "SELECT id FROM sessions")) == 3
+
+
+def test_a_signal_during_a_cancellable_wait_never_deadlocks(tmp_path: Path) -> None:
+    # The handler runs in the main thread between two bytecodes, which may be inside the token's own
+    # wait: it must take no lock that wait holds (a threading.Event's did: a Ctrl-C arriving as a
+    # usage-limit pause began hung ralph). The child makes that moment certain: any Condition.wait
+    # (what Event.wait runs, holding the Event's lock) first signals the process itself.
+    ready = tmp_path / "ready"
+    code = (
+        "import os, pathlib, signal, threading\n"
+        "from ralph.interrupt import handle_signals\n"
+        "original = threading.Condition.wait\n"
+        "def wait(self, timeout=None):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return original(self, timeout)\n"
+        "threading.Condition.wait = wait\n"
+        "with handle_signals() as token:\n"
+        f"    pathlib.Path({str(ready)!r}).write_text('x')\n"
+        "    token.wait(30)\n"
+        "    print('stopped', token.signum, token.cancelled)\n"
+    )
+    child = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    wait_for(ready)
+    child.send_signal(signal.SIGINT)  # what wakes a wait that takes no lock
+    try:
+        out, _ = child.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise AssertionError("the signal handler deadlocked inside the token's wait") from None
+    assert out.strip() == f"stopped {int(signal.SIGINT)} True"
