@@ -48,6 +48,8 @@ class AgentAttempts:
             if attempts and self.sv.cancel.cancelled:
                 return attempts[-1]
             while True:  # a usage limit pauses, then the same iteration goes on in the same session
+                if self.sv.pauses.until(self.preset.name) > time.time():
+                    self.sv.store.flush()  # nothing waits uncommitted through a pause
                 self.sv.pauses.wait(self.preset.name, self.sv.cancel)
                 result = self._agent_attempt(session, span, prompt, len(attempts) + 1, until, report, deadline)
                 attempts.append(result)
@@ -89,6 +91,7 @@ class AgentAttempts:
     _retry_hit: str | None = None
 
     def _sleep(self, seconds: float) -> None:
+        self.sv.store.flush()
         self.sv.cancel.wait(seconds)  # an interrupt cuts the backoff short
 
     def _pause(self, session: Session, span: Span, hit: LimitHit, deadline: float | None) -> bool:
@@ -102,6 +105,7 @@ class AgentAttempts:
                                          "ralph.usage_limit.resumes_at": round(until, 3)})
         self.sv.console.paused(session, until, "usage limit")
         self.sv.runlog.info("paused: usage limit", session, span, said=hit.words, until=round(until, 3))
+        self.sv.store.flush()
         self.sv.pauses.wait(self.preset.name, self.sv.cancel)
         return not self.sv.cancel.cancelled and (deadline is None or time.monotonic() < deadline)
 

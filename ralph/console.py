@@ -9,6 +9,7 @@ import threading
 import time
 from typing import IO, Any
 
+from ralph import meanwhile
 from ralph.session import Session
 
 MAX_PENDING = 64 * 1024  # a child that never prints a newline still gets shown, in pieces
@@ -53,12 +54,25 @@ class Console:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self._lock = threading.Lock()
+        self._scheduled = False  # a flush waits for the next child's start
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, later: bool = False) -> None:
+        """``later``: a routine line (an iteration's or a step's start and end) may wait for the moment the
+        next child runs (``ralph.meanwhile``), the next other line, or the loop's end."""
         with self._lock:
             self.out.write(text)  # not text + "\n": a megabyte copy per chunk of mirrored output
             self.out.write("\n")
-            self.out.flush()
+            schedule = later and not self._scheduled
+            self._scheduled = self._scheduled or schedule
+        if not later:
+            self.flush()  # outside the lock: a thread waiting in write() must not hold up the others
+        elif schedule:
+            meanwhile.later(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self.out.flush()
 
     def warn(self, message: str) -> None:
         with self._lock:
@@ -70,7 +84,7 @@ class Console:
 
     def iteration_start(self, session: Session) -> None:
         item = f" [{session.item}]" if session.item else ""
-        self._print(f"── iteration {session.iteration}{item} · {session.id} · {session.title}")
+        self._print(f"── iteration {session.iteration}{item} · {session.id} · {session.title}", later=True)
 
     def output_lines(self, session: Session, step: str, lines: list[bytes]) -> None:
         if self.quiet or not lines:
@@ -92,7 +106,7 @@ class Console:
             return
         why = f" ({reason})" if reason else ""
         again = f" attempt {attempt}" if attempt > 1 else ""
-        self._print(f"{_label(session, step)} {status}{why}, exit {exit_code}{again}, {duration:.1f}s")
+        self._print(f"{_label(session, step)} {status}{why}, exit {exit_code}{again}, {duration:.1f}s", later=True)
 
     def retry_wait(self, session: Session, step: str, seconds: float, attempt: int) -> None:
         self._print(f"{_label(session, step)} retrying in {seconds:.1f}s (attempt {attempt + 1})")
@@ -104,13 +118,13 @@ class Console:
 
     def iteration_end(self, session: Session, status: str, detail: str = "") -> None:
         item = f" [{session.item}]" if session.item else ""
-        self._print(f"   iteration {session.iteration}{item} {status}{' · ' + detail if detail else ''}")
+        self._print(f"   iteration {session.iteration}{item} {status}{' · ' + detail if detail else ''}", later=True)
 
     def batch_start(self, items: list[str]) -> None:
         """The items this run will work on, before the first starts."""
 
     def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
-        self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)")
+        self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)", later=True)
 
     def run_end(self, run_id: str, status: str, exit_code: int, detail: str, stop_reason: str | None = None) -> None:
         self._print(f"ralph: {status}: {detail} (exit {exit_code})")
@@ -119,7 +133,7 @@ class Console:
         """The live line; only a TTY console shows it."""
 
     def close(self) -> None:
-        pass
+        self.flush()
 
 
 class RichConsole(Console):
@@ -145,9 +159,12 @@ class RichConsole(Console):
         elapsed = time.monotonic() - self._since
         return self._text(f"⏵ {self._status} · {elapsed:.0f}s", style="dim")
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, later: bool = False) -> None:
         with self._lock:
             self._rc.print(self._text(text), markup=False, highlight=False)
+
+    def flush(self) -> None:
+        pass
 
     def status(self, text: str) -> None:
         self._status, self._since = text, time.monotonic()
@@ -159,11 +176,11 @@ class RichConsole(Console):
 class JsonConsole(Console):
     """``--json``: one JSON object per event, nothing else on stdout."""
 
+    _ROUTINE = frozenset({"iteration.start", "step.end", "iteration.end", "item.end"})
+
     def _event(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, "time": round(time.time(), 6), **fields}, ensure_ascii=False)
-        with self._lock:
-            self.out.write(line + "\n")
-            self.out.flush()
+        self._print(json.dumps({"event": event, "time": round(time.time(), 6), **fields}, ensure_ascii=False),
+                    later=event in self._ROUTINE)
 
     def run_start(self, run_id: str, loop: str, file: str) -> None:
         self._event("run.start", run_id=run_id, loop=loop, file=file)

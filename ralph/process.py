@@ -201,31 +201,32 @@ def run(
     request: Request,
     on_output: Callable[[bytes], None] | None = None,
     cancel: CancelToken | None = None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int, str], None] | None = None,
 ) -> Outcome:
+    """``on_start`` is told the child's PID and start time (``boot_ticks``) once it runs."""
     cancel = cancel or never()
-    started, t0 = time.time(), time.monotonic()
-    log_fd = _open_log(request.log_path)
+    started, t0, born = time.time(), time.monotonic(), boot_ticks()
     try:
+        proc = subprocess.Popen(
+            request.argv, cwd=request.cwd, env=dict(request.env),
+            stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, bufsize=0,
+        )
+    except OSError as exc:
+        log_fd = _open_log(request.log_path)
         try:
-            proc = subprocess.Popen(
-                request.argv, cwd=request.cwd, env=dict(request.env),
-                stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True, bufsize=0,
-            )
-        except OSError as exc:
             return _spawn_error(request, exc, log_fd, on_output, started)
-        return _supervise(proc, request, log_fd, on_output, cancel, started, t0, on_start)
-    finally:
-        if log_fd is not None:
-            os.close(log_fd)
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
+    return _supervise(proc, request, on_output, cancel, started, t0, born, on_start)
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], request: Request, log_fd: int | None,
-    on_output: Callable[[bytes], None] | None, cancel: CancelToken, started: float, t0: float,
-    on_start: Callable[[int], None] | None = None,
+    proc: subprocess.Popen[bytes], request: Request,
+    on_output: Callable[[bytes], None] | None, cancel: CancelToken, started: float, t0: float, born: str,
+    on_start: Callable[[int, str], None] | None = None,
 ) -> Outcome:
     assert proc.stdout is not None
     out_fd = proc.stdout.fileno()
@@ -257,9 +258,13 @@ def _supervise(
         (t0 + request.timeout, "timeout") if request.timeout else None,
         (request.deadline, "timeout") if request.deadline else None,
     ]
+    log_fd: int | None = None
     try:
-        if on_start is not None:  # inside the try: a child the history cannot record must not run on
-            on_start(proc.pid)
+        # The log is opened (its session folder made) while the child starts: its output waits in the
+        # pipe meanwhile. Inside the try, as the history's row: a child that cannot be recorded is ended.
+        log_fd = _open_log(request.log_path)
+        if on_start is not None:
+            on_start(proc.pid, born)
         while out_open or proc.returncode is None:
             now = time.monotonic()
             if cancel.cancelled:
@@ -324,6 +329,8 @@ def _supervise(
                 exited_at = time.monotonic()
     finally:
         sel.close()
+        if log_fd is not None:
+            os.close(log_fd)
         if pidfd is not None:
             os.close(pidfd)
         if proc.stdin is not None and not proc.stdin.closed:
@@ -378,6 +385,29 @@ def _reap_group(pgid: int, grace: float, cancel: CancelToken | None = None) -> N
     _signal_group(pgid, signal.SIGKILL)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# How far a child's start time taken by ralph around its spawn may be from what /proc says of it
+# (clock ticks): a PID handed out again within a second of the first process's start is not a risk.
+_SAME_START_TICKS = _TICKS
+
+
+def boot_ticks() -> str:
+    """Now, as /proc/PID/stat counts a process's start: clock ticks since boot. Taken just before a
+    spawn it stands for the child's start time without reading /proc, which blocks while the child is
+    still exec'ing."""
+    return str(time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _TICKS // 1_000_000_000)
+
+
+def same_start(recorded: str | None, current: str | None) -> bool:
+    """``current`` (from /proc) is the start time ``recorded`` then (exact, or taken by ralph at the spawn)."""
+    if recorded is None or current is None:
+        return True
+    try:
+        return abs(int(current) - int(recorded)) <= _SAME_START_TICKS
+    except ValueError:
+        return current == recorded
+
+
 def process_start(pid: int) -> str | None:
     """A process's start time (clock ticks since boot), so a recycled PID is not mistaken for it."""
     try:
@@ -393,8 +423,7 @@ def end_leftover_group(pgid: int, leader_start: str | None, grace: float = GRACE
     PID that is some group's ID is never handed out again while that group lives)."""
     if leader_start is None or not group_alive(pgid):
         return False
-    current = process_start(pgid)
-    if current is not None and current != leader_start:
+    if not same_start(leader_start, process_start(pgid)):
         return False  # the PID now belongs to an unrelated process
     _reap_group(pgid, grace)
     return True

@@ -93,6 +93,7 @@ class Provenance:
     def before(self, session: Session, span: Span) -> Before | None:
         if self.repo is None:
             return None
+        self.sv.store.flush()  # the previous iteration's end is not left waiting through git
         try:
             sha, head = self._snapshot(session, span, "before")
             self.sv.store.update_session(session.id, git_before=sha, git_dir=str(self.repo.common_dir),

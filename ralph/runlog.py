@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ralph import meanwhile
 from ralph.session import Session
 from ralph.telemetry import Span
 
@@ -46,47 +47,63 @@ def otel_attributes(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_Record = tuple[float, str, str, dict[str, Any]]
+
+
 class JsonlHandler(logging.Handler):
-    """The JSON lines. Routine records (an iteration's and its steps' starts and ends) wait in a buffer
-    and go out in one write with the next other record or ``flush()``: the runner flushes at every
-    iteration's end, so a ``kill -9`` loses at most the records of the iteration in flight."""
+    """The JSON lines. Routine records (an iteration's and its steps' starts and ends) wait, as they
+    are, and are encoded and written in one go by the thread that next starts a child, while it runs
+    (``ralph.meanwhile``), or with the next other record, or at the loop's end: a ``kill -9`` loses at
+    most the records of the iteration in flight and of the one that just ended."""
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._write_lock = threading.Lock()
-        self._pending: list[str] = []
+        self._pending: list[_Record] = []
+        self._scheduled = False
 
     def line(self, created: float, level: str, message: str, fields: dict[str, Any], later: bool = False) -> None:
-        text = json.dumps({"time": round(created, 6), "level": level, "message": message, **fields},
-                          ensure_ascii=False, default=str) + "\n"
-        with self._write_lock:
-            self._pending.append(text)
-            if not later:
-                self._flush()
+        with self._write_lock:  # held for the append only; whoever flushes next takes the record along
+            self._pending.append((created, level, message, fields))
+            schedule = later and not self._scheduled
+            self._scheduled = self._scheduled or schedule
+        if not later:
+            self._flush()
+        elif schedule:
+            meanwhile.later(self._flush)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.line(record.created, record.levelname.lower(), record.getMessage(), getattr(record, "ralph", {}),
                   getattr(record, "later", False))
 
     def _flush(self) -> None:
-        if self._pending and self._fd >= 0:
-            data, self._pending = "".join(self._pending).encode("utf-8"), []
-            view = memoryview(data)
-            while view:  # O_APPEND: whole lines, even with another ralph (ralph exec) writing the same file
-                view = view[os.write(self._fd, view):]
+        """The lock covers taking the pending lines, not the write: a batch's threads that log while
+        one of them waits in write() would queue up behind it (and hand the GIL around)."""
+        if not self._pending:
+            return
+        with self._write_lock:
+            pending, self._pending, self._scheduled = self._pending, [], False
+            fd = self._fd
+        if fd < 0:
+            return
+        text = "".join(json.dumps({"time": round(created, 6), "level": level, "message": message, **fields},
+                                  ensure_ascii=False, default=str) + "\n"
+                       for created, level, message, fields in pending)
+        view = memoryview(text.encode("utf-8"))
+        while view:  # O_APPEND: whole lines, even with another ralph (ralph exec) writing the same file
+            view = view[os.write(fd, view):]
 
     def flush(self) -> None:
-        with self._write_lock:
-            self._flush()
+        self._flush()
 
     def close(self) -> None:
+        self._flush()
         with self._write_lock:
-            self._flush()
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         super().close()
 
 

@@ -3,6 +3,7 @@ until a stop condition holds. A batch runs one such loop per item, ``parallel`` 
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import batch as batching
-from ralph import isolation, semconv, telemetry
+from ralph import isolation, meanwhile, semconv, telemetry
 from ralph.agents import get_preset
 from ralph.agents.base import AgentReport, Preset
 from ralph.ahead import SessionsAhead
@@ -73,8 +74,12 @@ class ItemLoop(AgentAttempts):
     def run(self) -> LoopResult:
         try:
             return self._run()
-        finally:
+        finally:  # what waited for a next child's start (the last iteration's end rows, lines) goes now
             self.ahead.discard()
+            meanwhile.run_pending()
+            self.sv.console.flush()
+            self.sv.runlog.flush()
+            self.sv.store.flush()
 
     def _run(self) -> LoopResult:
         until = self.spec.config.until
@@ -160,7 +165,7 @@ class ItemLoop(AgentAttempts):
                        semconv.ITERATION_OUTPUT_TOKENS: report.tokens_out, "ralph.cost_usd": report.cost_usd,
                        "ralph.agent.session_id": report.agent_session_id})
         span.end(status if status in ("failed", "timeout", "interrupted") else None)
-        sv.runlog.info(f"iteration {status}", session, span, status=status,
+        sv.runlog.routine(f"iteration {status}", session, span, status=status,
                        fingerprint=failure.fingerprint if failure else None)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""
         if change is not None:  # what it did to the code, as `ralph sessions` shows it
@@ -275,6 +280,9 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
             try:
                 queue = shared_queue(store, spec.name, batch_id, run_id, items, spec.config.batch, cancel,
                                      console.warn, only=bool(options.items or options.shard))
+                # What exists now (modules, the config, telemetry) lives to the run's end: frozen, the
+                # collector stops walking it on every full collection of a long run.
+                gc.freeze()
                 results = _run_items(spec, options, sv, run_span, preset, binary, items, points, queue)
                 status, code, detail, stop_reason = _exit_status(results, cancel)
             except BaseException as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ralph import semconv
+from ralph import meanwhile, semconv
 from ralph.console import Console, LineSplitter
 from ralph.errors import StateError
 from ralph.interrupt import CancelToken
@@ -63,6 +63,13 @@ class Services:
         return env
 
 
+def _started(sv: Services, step_ids: list[Any], pid: int, born: str, row: dict[str, Any]) -> None:
+    """The child is running: its row, with the PID and start time recovery needs, then what waited for
+    this moment."""
+    step_ids.append(sv.store.start_step(pid, pid_start=born, **row))
+    meanwhile.run_pending()
+
+
 def run_step(
     services: Services,
     session: Session,
@@ -109,7 +116,7 @@ def run_step(
 
     outcome = run(
         Request(call.argv, sv.workdir, full_env, call.stdin, call.timeout, call.idle_timeout, deadline, log_path),
-        consume, sv.cancel, lambda pid: step_ids.append(sv.store.start_step(pid, **row)),
+        consume, sv.cancel, lambda pid, born: _started(sv, step_ids, pid, born, row),
     )
     if not step_ids:  # nothing was spawned (a missing program): the attempt still gets its row
         step_ids.append(sv.store.start_step(**row))

@@ -223,11 +223,12 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
         file_exporter = exporters.load_leaf("opentelemetry.exporter.otlp.json.file.trace_exporter", "FileSpanExporter")
         fd = os.open(state_dir / "traces.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         stream = os.fdopen(fd, "a", encoding="utf-8")
+        from ralph.tracefile import WhileChildrenRun
+
         # At most 128 spans a line: encoding 512 at once grows the heap by MBs it never gives back.
-        processor = BatchSpanProcessor(file_exporter(stream=stream), schedule_delay_millis=1000,
-                                       max_export_batch_size=128)
-        provider.add_span_processor(processor)
-        local += [processor.shutdown, stream.close]  # the exporter leaves the stream open
+        file_processor = WhileChildrenRun(file_exporter(stream=stream), max_batch=128)
+        provider.add_span_processor(file_processor)
+        local += [file_processor.shutdown, stream.close]  # the exporter leaves the stream open
     for exporter, is_remote in spans:
         processor = BatchSpanProcessor(exporter, export_timeout_millis=EXPORT_TIMEOUT_S * 1000)
         provider.add_span_processor(processor)

@@ -162,13 +162,32 @@ def test_a_child_whose_start_cannot_be_recorded_does_not_run_on(tmp_path: Path) 
     before the error goes up: nothing may run that the history does not know of."""
     pids: list[int] = []
 
-    def unrecordable(pid: int) -> None:
+    def unrecordable(pid: int, born: str) -> None:
         pids.append(pid)
         raise StateError("cannot write the history: disk full")
 
     with pytest.raises(StateError, match="disk full"):
         process.run(request(tmp_path, [PY, "-c", "import time; time.sleep(60)"]), on_start=unrecordable)
     assert pids and not alive(pids[0])
+
+
+def test_the_start_time_taken_at_the_spawn_is_the_one_proc_gives(tmp_path: Path) -> None:
+    """ralph records a child's start time from the clock at the spawn, not from /proc (reading it
+    waits while the child is still exec'ing): the two must agree, so recovery finds the child again."""
+    seen: list[tuple[int, str, str | None]] = []
+
+    def started(pid: int, born: str) -> None:
+        (tmp_path / "go").write_text("")
+        wait_for(tmp_path / "running")
+        seen.append((pid, born, process_start(pid)))
+
+    script = f"import pathlib, time; p = pathlib.Path({str(tmp_path)!r}); (p / 'running').touch()\n" \
+             "while not (p / 'go').exists(): time.sleep(0.01)"
+    assert process.run(request(tmp_path, [PY, "-c", script]), on_start=started).ok
+    ((_pid, born, actual),) = seen
+    assert actual is not None and process.same_start(born, actual)
+    assert int(born) <= int(actual)  # taken just before the fork, on the clock /proc counts in
+    assert not process.same_start(born, str(int(actual) + 5 * os.sysconf("SC_CLK_TCK")))
 
 
 def test_log_folders_are_private(tmp_path: Path) -> None:
@@ -186,8 +205,8 @@ def test_end_leftover_group_ends_only_the_recorded_group(tmp_path: Path) -> None
         wait_for(tmp_path / "ready")
         start = process_start(proc.pid)
         assert start is not None
-        # A different start time: the PID was recycled, so it is not ours to end.
-        assert not end_leftover_group(proc.pid, str(int(start) + 1), grace=0.2)
+        # A start time seconds away: the PID was recycled, so it is not ours to end.
+        assert not end_leftover_group(proc.pid, str(int(start) + 5 * os.sysconf("SC_CLK_TCK")), grace=0.2)
         assert alive(proc.pid)
         assert end_leftover_group(proc.pid, start, grace=0.2)
         proc.wait()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ralph.errors import StateError, UsageError
-from ralph.process import end_leftover_group, private_dirs, process_alive, process_start
+from ralph.process import end_leftover_group, private_dirs, process_alive, process_start, same_start
 from ralph.store.writer import GroupWriter, PendingId
 
 T = TypeVar("T")
@@ -74,8 +74,7 @@ def _pid_alive(pid: int | None, start: str | None) -> bool:
         return True
     if not process_alive(pid):
         return False
-    current = process_start(pid)
-    return start is None or current is None or current == start
+    return same_start(start, process_start(pid))
 
 
 def _close_running(db: Any, run_id: str, status: str) -> float:
@@ -146,19 +145,19 @@ class Store:
         """An insert queued when the backend queues writes; its ID (a ``PendingId`` then)."""
         if self._writer is None:
             if pid is not None:
-                row.update(pid=pid, pid_start=process_start(pid))
+                row.update(pid=pid, pid_start=row.get("pid_start") or process_start(pid))
             return self._insert(table, row)
         pending = PendingId()
 
         def op(db: Any) -> None:
             if pid is not None:
-                row.update(pid=pid, pid_start=process_start(pid))
+                row.update(pid=pid, pid_start=row.get("pid_start") or process_start(pid))
             cols, marks = ", ".join(row), ", ".join(f":{k}" for k in row)
             pending.value = db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row).lastrowid  # noqa: S608
 
         self._writer.put(op)
-        if pid is not None:  # the child runs: its row (and its session's) must survive a kill -9 of ralph now
-            self._writer.flush()
+        if pid is not None:  # the child runs: its row (and its session's) must survive a kill -9 of ralph now,
+            self._writer.flush(wait=False)  # committed by this thread, or right after by the one committing
         return pending
 
     def _update_later(self, table: str, key: Any, row: dict[str, Any]) -> None:
@@ -212,9 +211,10 @@ class Store:
         self._insert_later("sessions", {"status": "running", "started": time.time(), **row})
 
     def finish_session(self, session_id: str, status: str, **fields: Any) -> None:
-        """The iteration's end: returns once it and everything before it is committed."""
+        """The iteration's end. Queued: it is committed with the next child's rows (one transaction
+        an iteration), or by ``flush()``, which the loop calls before anything that may take long
+        without a child (its end, a pause, a retry's wait, a git snapshot)."""
         self._update_later("sessions", session_id, {"status": status, "ended": time.time(), **fields})
-        self.flush()
 
     def update_session(self, session_id: str, **fields: Any) -> None:
         self._update_later("sessions", session_id, fields)

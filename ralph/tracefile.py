@@ -1,0 +1,70 @@
+"""The embedded trace file's span processor: spans are encoded while children run.
+
+Encoding a span to OTLP JSON costs more than making it (~70 µs against ~30 µs). The SDK's
+``BatchSpanProcessor`` does it on its own thread, which on two cores takes the GIL from the thread
+that is about to spawn the next child. Here an ended span waits, and the batch is handed to the
+exporter by the thread that next starts a child, right after it did (``ralph.meanwhile``), when the
+child runs and ralph would only wait; or by the thread ending a span once the oldest waited
+``max_wait`` seconds or ``max_batch`` are waiting; and at shutdown. The exporter and its encoding are
+the SDK's own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from ralph import meanwhile
+
+
+class WhileChildrenRun(SpanProcessor):
+    def __init__(self, exporter: Any, max_batch: int = 128, max_wait: float = 1.0) -> None:
+        self._exporter, self._max_batch, self._max_wait = exporter, max_batch, max_wait
+        self._lock = threading.Lock()  # the queue
+        self._export_lock = threading.Lock()  # one export at a time, in order
+        self._pending: list[ReadableSpan] = []
+        self._oldest = 0.0
+        self._scheduled = False
+        self._closed = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None or not span.context.trace_flags.sampled or self._closed:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not self._pending:
+                self._oldest = now
+            self._pending.append(span)
+            due = len(self._pending) >= self._max_batch or now - self._oldest >= self._max_wait
+            schedule = not due and not self._scheduled
+            self._scheduled = self._scheduled or schedule
+        if due:
+            self._export()
+        elif schedule:
+            meanwhile.later(self._scheduled_export)
+
+    def _scheduled_export(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self._export()
+
+    def _export(self) -> None:
+        with self._export_lock:
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+                if not batch:
+                    return
+                self._exporter.export(batch)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._export()
+        return True
+
+    def shutdown(self) -> None:
+        self._export()
+        self._closed = True
+        self._exporter.shutdown()
