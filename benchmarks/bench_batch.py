@@ -9,7 +9,6 @@ bookkeeping, not the sleeps, is what a wide batch waits for.
 from __future__ import annotations
 
 import argparse
-import shutil
 
 from _bench import RALPH, db_rows, median, result, scratch, timed, warm, write
 
@@ -27,11 +26,10 @@ def main() -> None:
         loop = write(tmp / "loop.yaml", "name: bench-batch\nworkdir: .\ntitle: 'bench {item} #{iteration}'\n"
                      "agent:\n  command: ['sleep', '0.05']\nuntil:\n  max_iterations: 1\n"
                      f"batch:\n  items_file: items.txt\n  parallel: {par}\n")
-        state = tmp / "state"
         rounds = []
-        for _ in range(args.rounds):
+        for r in range(args.rounds):  # a new state folder each round: none is deleted before the end
             xargs = timed(["sh", "-c", f"seq {n} | xargs -P {par} -I{{}} sleep 0.05"])
-            shutil.rmtree(state, ignore_errors=True)
+            state = tmp / f"state-{r}"
             ralph = timed([*RALPH, "run", str(loop), "--quiet", "--state-dir", str(state)])
             (sessions,), = db_rows(state, "SELECT count(*) FROM sessions WHERE status = 'exhausted' OR "
                                    "status = 'ok'")

@@ -10,7 +10,6 @@ the machine then slows both sides alike). The whole run's ratio (start-up includ
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 from _bench import PY, RALPH, db_rows, loop_file, median, result, scratch, timed, warm
@@ -42,15 +41,13 @@ def main() -> None:
     with scratch("iter") as tmp:
         loop = loop_file(tmp, "bench-iter", ["/bin/true"], n, title="bench #{iteration}")
         one = loop_file(tmp, "bench-iter", ["/bin/true"], 1, title="bench #{iteration}", file="one.yaml")
-        state = tmp / "state"
         rounds = []
-        for _ in range(args.rounds):
+        for r in range(args.rounds):  # a new state folder each round: none is deleted before the end
             bash = timed(["bash", "-c", BASH.format(n=n)]).seconds
             bash1 = timed(["bash", "-c", BASH.format(n=1)]).seconds
-            shutil.rmtree(state, ignore_errors=True)
-            ralph1 = timed([*RALPH, "run", str(one), "--quiet", "--state-dir", str(state)]).seconds
+            ralph1 = timed([*RALPH, "run", str(one), "--quiet", "--state-dir", str(tmp / f"one-{r}")]).seconds
             floor = timed([PY, "-c", FLOOR.format(n=n)]).seconds
-            shutil.rmtree(state, ignore_errors=True)
+            state = tmp / f"state-{r}"
             began = time.time()
             ralph = timed([*RALPH, "run", str(loop), "--quiet", "--state-dir", str(state)]).seconds
             (run_start, run_end), = db_rows(state, "SELECT started, ended FROM runs")

@@ -4,8 +4,8 @@ Creating a folder and a file allocates inodes: the slowest and least steady part
 bookkeeping on a real disk (0.05 ms here on a quiet ext4, 0.4-0.9 ms just after many files were
 deleted, which ext4 without a journal then skips one by one; 0.004 ms on tmpfs). A spare folder
 (``.ahead-*``, with the agent's empty log when the agent is an iteration's first step) is made in
-the time a child runs (``ralph.meanwhile``) and renamed to the session's ID when the next iteration
-starts (0.02 ms): the ID is still minted then, so the time in it is the iteration's start, as
+the time a child runs (``ralph.meanwhile``) and renamed to the session's ID once the next
+iteration's first child runs (0.02-0.07 ms, also off the spawn path): the ID is still minted then, so the time in it is the iteration's start, as
 opencode's IDs have theirs. A helper thread was tried first: on two cores it competed with the child
 and the loop for the CPU.
 """
@@ -33,14 +33,21 @@ class SessionsAhead:
 
     def next_id(self) -> str:
         session_id = new_session_id()
-        if self._spare is not None and self._made:
-            with contextlib.suppress(OSError):  # else the step makes the folder itself, as without a spare
-                os.rename(self._spare, self.run_dir / session_id)
+        spare, made = self._spare, self._made
         self._spare, self._made = None, False
+        if spare is not None and made:
+            # Renamed once the iteration's first child runs, before its log is opened (process.run).
+            meanwhile.later(lambda: self._put_in_place(spare, self.run_dir / session_id))
         if self.more:
-            spare = self._spare = self.run_dir / f".ahead-{session_id}"
-            meanwhile.later(lambda: self._make(spare))
+            new = self._spare = self.run_dir / f".ahead-{session_id}"
+            meanwhile.later(lambda: self._make(new))
         return session_id
+
+    def _put_in_place(self, spare: Path, folder: Path) -> None:
+        try:
+            os.rename(spare, folder)
+        except OSError:  # the folder was made meanwhile (a preset writes its files there): the spare goes
+            self._remove(spare)
 
     def _make(self, spare: Path) -> None:
         if spare is not self._spare:  # left by an iteration that ran no child: its successor began
@@ -57,8 +64,10 @@ class SessionsAhead:
         """The loop ended: the spare made for an iteration that did not come goes."""
         spare, made = self._spare, self._made
         self._spare, self._made = None, False
-        if spare is None or not made:
-            return
+        if spare is not None and made:
+            self._remove(spare)
+
+    def _remove(self, spare: Path) -> None:
         with contextlib.suppress(OSError):
             for name in self.files:
                 with contextlib.suppress(FileNotFoundError):

@@ -202,8 +202,11 @@ def run(
     on_output: Callable[[bytes], None] | None = None,
     cancel: CancelToken | None = None,
     on_start: Callable[[int, str], None] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Outcome:
-    """``on_start`` is told the child's PID and start time (``boot_ticks``) once it runs."""
+    """``on_start`` is told the child's PID and start time (``boot_ticks``) once it runs. ``meanwhile``
+    is work that waited for a child to run (``ralph.meanwhile``), done first: it may put the log's
+    folder in place."""
     cancel = cancel or never()
     started, t0, born = time.time(), time.monotonic(), boot_ticks()
     try:
@@ -214,19 +217,21 @@ def run(
             start_new_session=True, close_fds=True, bufsize=0,
         )
     except OSError as exc:
+        if meanwhile is not None:
+            meanwhile()
         log_fd = _open_log(request.log_path)
         try:
             return _spawn_error(request, exc, log_fd, on_output, started)
         finally:
             if log_fd is not None:
                 os.close(log_fd)
-    return _supervise(proc, request, on_output, cancel, started, t0, born, on_start)
+    return _supervise(proc, request, on_output, cancel, started, t0, born, on_start, meanwhile)
 
 
 def _supervise(
     proc: subprocess.Popen[bytes], request: Request,
     on_output: Callable[[bytes], None] | None, cancel: CancelToken, started: float, t0: float, born: str,
-    on_start: Callable[[int, str], None] | None = None,
+    on_start: Callable[[int, str], None] | None = None, meanwhile: Callable[[], None] | None = None,
 ) -> Outcome:
     assert proc.stdout is not None
     out_fd = proc.stdout.fileno()
@@ -262,6 +267,8 @@ def _supervise(
     try:
         # The log is opened (its session folder made) while the child starts: its output waits in the
         # pipe meanwhile. Inside the try, as the history's row: a child that cannot be recorded is ended.
+        if meanwhile is not None:
+            meanwhile()
         log_fd = _open_log(request.log_path)
         if on_start is not None:
             on_start(proc.pid, born)

@@ -63,13 +63,6 @@ class Services:
         return env
 
 
-def _started(sv: Services, step_ids: list[Any], pid: int, born: str, row: dict[str, Any]) -> None:
-    """The child is running: its row, with the PID and start time recovery needs, then what waited for
-    this moment."""
-    step_ids.append(sv.store.start_step(pid, pid_start=born, **row))
-    meanwhile.run_pending()
-
-
 def run_step(
     services: Services,
     session: Session,
@@ -116,7 +109,11 @@ def run_step(
 
     outcome = run(
         Request(call.argv, sv.workdir, full_env, call.stdin, call.timeout, call.idle_timeout, deadline, log_path),
-        consume, sv.cancel, lambda pid, born: _started(sv, step_ids, pid, born, row),
+        consume, sv.cancel,
+        # Once the child runs: what waited for that moment (the session folder put in place first), then
+        # its row, with the PID and start time recovery needs.
+        on_start=lambda pid, born: step_ids.append(sv.store.start_step(pid, pid_start=born, **row)),
+        meanwhile=meanwhile.run_pending,
     )
     if not step_ids:  # nothing was spawned (a missing program): the attempt still gets its row
         step_ids.append(sv.store.start_step(**row))

@@ -95,9 +95,9 @@ class _OtelSpan(Span):
                               set_status_on_exception=False)
 
     def end(self, error: str | None = None, description: str | None = None, at: float | None = None) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         if error:
+            from opentelemetry.trace import Status, StatusCode
+
             self.set("error.type", error)
             self._span.set_status(Status(StatusCode.ERROR, description or error))
         if self._metrics is not None:
@@ -135,6 +135,12 @@ class _OtelTelemetry(Telemetry):
     def __init__(self, provider: Any, local: list[Callable[[], Any]], remote: list[Callable[[], Any]], metrics: Any,
                  log_handler: Any, guard: Any, trace_per: str) -> None:
         super().__init__()
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        # Looked up once: a span is made several times an iteration.
+        self._context, self._trace, self._propagator = otel_context, trace, TraceContextTextMapPropagator()
         self._tracer = provider.get_tracer("ralph")
         self._local, self._remote, self._metrics = local, remote, metrics
         self._log_handler, self.guard, self._trace_per = log_handler, guard, trace_per
@@ -142,10 +148,7 @@ class _OtelTelemetry(Telemetry):
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
              carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
-        from opentelemetry import context as otel_context
-        from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
+        otel_context, trace = self._context, self._trace
         links = None
         inherited: dict[str, Any] = {}
         if isinstance(parent, _OtelSpan):
@@ -156,7 +159,7 @@ class _OtelTelemetry(Telemetry):
             else:
                 context = trace.set_span_in_context(parent.otel)
         elif carrier:
-            context = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in carrier.items()})
+            context = self._propagator.extract({k.lower(): v for k, v in carrier.items()})
         else:
             context = None
         attrs = {k: v for k, v in attributes.items() if v is not None}
