@@ -60,8 +60,11 @@ class Console:
         """``later``: a routine line (an iteration's or a step's start and end) may wait for the moment the
         next child runs (``ralph.meanwhile``), the next other line, or the loop's end."""
         with self._lock:
-            self.out.write(text)  # not text + "\n": a megabyte copy per chunk of mirrored output
-            self.out.write("\n")
+            if later:  # a short line: one write (an unbuffered stdout makes each write a syscall)
+                self.out.write(text + "\n")
+            else:  # not text + "\n": a megabyte copy per chunk of mirrored output
+                self.out.write(text)
+                self.out.write("\n")
             schedule = later and not self._scheduled
             self._scheduled = self._scheduled or schedule
         if not later:
