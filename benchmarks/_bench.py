@@ -35,6 +35,7 @@ def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items()
            if not k.startswith(("RALPH_", "OTEL_", "OPENCODE_")) and k not in ("TRACEPARENT", "TRACESTATE")}
     out.pop("PYTHONDONTWRITEBYTECODE", None)
+    out.pop("PYTHONUNBUFFERED", None)  # a user's ralph writes its lines buffered
     out["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     out.update(extra)
     return out
@@ -42,9 +43,10 @@ def env(**extra: str) -> dict[str, str]:
 
 # Scratch folders live beside the benchmarks, in the checkout, as a user's ``.ralph`` lives in their
 # project: on a disk, not tmpfs, and away from /tmp, where a machine running test suites deletes
-# thousands of files a minute. ext4 without a journal skips each inode deleted in the last minutes when
-# it hands out a new one, so a folder and a file cost 0.4-0.9 ms there against ~0.05 ms elsewhere (and
-# for the same reason no benchmark deletes a round's state before the next round: only at the end).
+# thousands of files a minute. This VM's ext4 skips each inode freed in the last minutes when it
+# hands out a new one (``recently_deleted()`` in a perf profile), so a folder and a file cost
+# 0.4-0.9 ms there against ~0.05 ms elsewhere (and for the same reason no benchmark deletes a round's
+# state before the next round: only at the end).
 SCRATCH = HERE / ".scratch"
 
 

@@ -1,13 +1,13 @@
 """The next iteration's session folder, made while the current child runs.
 
 Creating a folder and a file allocates inodes: the slowest and least steady part of an iteration's
-bookkeeping on a real disk (0.05 ms here on a quiet ext4, 0.4-0.9 ms just after many files were
-deleted, which ext4 without a journal then skips one by one; 0.004 ms on tmpfs). A spare folder
-(``.ahead-*``, with the agent's empty log when the agent is an iteration's first step) is made in
-the time a child runs (``ralph.meanwhile``) and renamed to the session's ID once the next
-iteration's first child runs (0.02-0.07 ms, also off the spawn path): the ID is still minted then, so the time in it is the iteration's start, as
-opencode's IDs have theirs. A helper thread was tried first: on two cores it competed with the child
-and the loop for the CPU.
+bookkeeping on a real disk (0.05 ms on a quiet ext4, 0.4-0.9 ms just after many files were deleted,
+whose inodes ext4 then skips one by one; 0.004 ms on tmpfs). A spare folder (``.ahead-*``, with the
+agent's empty log when the agent is an iteration's first step) is made in the time a child runs
+(``ralph.meanwhile``) and renamed to the session's ID once the next iteration's first child runs
+(0.02-0.07 ms, also off the spawn path): the ID is still minted when the iteration starts, so the
+time in it is the iteration's start, as opencode's IDs have theirs. A helper thread was tried first:
+on two cores it competed with the child and the loop for the CPU.
 """
 
 from __future__ import annotations

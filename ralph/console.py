@@ -3,6 +3,7 @@ TTY (rich), plain lines otherwise, or one JSON event per line with ``--json``.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -70,12 +71,13 @@ class Console:
         if not later:
             self.flush()  # outside the lock: a thread waiting in write() must not hold up the others
         elif schedule:
-            meanwhile.later(self.flush)
+            meanwhile.later(self.flush, shared=True)
 
     def flush(self) -> None:
         with self._lock:
             self._scheduled = False
-        self.out.flush()
+        with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
+            self.out.flush()
 
     def warn(self, message: str) -> None:
         with self._lock:

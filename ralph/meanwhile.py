@@ -2,9 +2,10 @@
 
 Between spawning a child and its exit, ralph only waits; on two cores the child runs on one and
 ralph's bookkeeping can take the other. Work that need not be done before the spawn (the next
-session's folder, exporting ended spans, the console's lines) is left here and done by the thread
-that spawned the child, right after it spawned it: no helper thread, so no hand-offs of the GIL.
-Tasks belong to the thread that left them (a batch's items each have their own).
+session's folder, exporting ended spans, routine console lines and run-log records) is left here and
+done by a thread that spawned a child, right after it did: no helper thread, so no hand-offs of the
+GIL. A task is this thread's own (the next folder of its loop), or ``shared``: whichever thread
+starts a child next does it (a batch's items write one console and one run log).
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ import threading
 from collections.abc import Callable
 
 _local = threading.local()
+_shared: list[Callable[[], None]] = []
+_shared_lock = threading.Lock()
 
 
-def later(task: Callable[[], None]) -> None:
-    """Run ``task`` while this thread's next child runs (or at ``run_pending`` before that)."""
+def later(task: Callable[[], None], shared: bool = False) -> None:
+    """Run ``task`` while this thread's next child runs (``shared``: any thread's next child)."""
+    if shared:
+        with _shared_lock:
+            _shared.append(task)
+        return
     tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
     if tasks is None:
         tasks = _local.tasks = []
@@ -27,3 +34,8 @@ def run_pending() -> None:
     tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
     while tasks:
         tasks.pop(0)()
+    while _shared:
+        with _shared_lock:
+            task = _shared.pop(0) if _shared else None
+        if task is not None:
+            task()

@@ -72,7 +72,7 @@ class JsonlHandler(logging.Handler):
         if not later:
             self._flush()
         elif schedule:
-            meanwhile.later(self._flush)
+            meanwhile.later(self._flush, shared=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.line(record.created, record.levelname.lower(), record.getMessage(), getattr(record, "ralph", {}),

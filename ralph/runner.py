@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import batch as batching
-from ralph import isolation, meanwhile, semconv, telemetry
+from ralph import isolation, semconv, telemetry
 from ralph.agents import get_preset
 from ralph.agents.base import AgentReport, Preset
 from ralph.ahead import SessionsAhead
@@ -74,12 +74,11 @@ class ItemLoop(AgentAttempts):
     def run(self) -> LoopResult:
         try:
             return self._run()
-        finally:  # what waited for a next child's start (the last iteration's end rows, lines) goes now
+        finally:
             self.ahead.discard()
-            meanwhile.run_pending()
-            self.sv.console.flush()
-            self.sv.runlog.flush()
-            self.sv.store.flush()
+            # The last iteration's end rows, which would wait for a next child's commit. (Its console
+            # lines, run-log records and spans wait for any next child, or the run's end.)
+            self.sv.store.flush(wait=False)  # a batch's items ending together: one commits for all
 
     def _run(self) -> LoopResult:
         until = self.spec.config.until

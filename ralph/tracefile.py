@@ -44,27 +44,34 @@ class WhileChildrenRun(SpanProcessor):
         if due:
             self._export()
         elif schedule:
-            meanwhile.later(self._scheduled_export)
+            meanwhile.later(self._scheduled_export, shared=True)
 
     def _scheduled_export(self) -> None:
         with self._lock:
             self._scheduled = False
-        self._export()
+        if not self._closed:  # shut down meanwhile (a task left for later may come after)
+            self._export()
 
-    def _export(self) -> None:
-        with self._export_lock:
+    def _export(self, wait: bool = False) -> None:
+        """Export what waits. Unless ``wait``, a thread that finds another exporting leaves it to it (it
+        takes batches until none is left): a batch's threads would otherwise queue up on the lock."""
+        if not self._export_lock.acquire(blocking=wait):
+            return
+        try:
             while True:
                 with self._lock:
                     batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
                 if not batch:
                     return
                 self._exporter.export(batch)
+        finally:
+            self._export_lock.release()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self._export()
+        self._export(wait=True)
         return True
 
     def shutdown(self) -> None:
-        self._export()
+        self._export(wait=True)
         self._closed = True
         self._exporter.shutdown()

@@ -179,10 +179,11 @@ class Store:
             return handle.value
         return int(handle)
 
-    def flush(self) -> None:
-        """Everything queued so far is committed (raises what the writer could not write)."""
+    def flush(self, wait: bool = True) -> None:
+        """Everything queued so far is committed (raises what the writer could not write). ``wait=False``:
+        or is being committed by another thread, which commits these right after (``GroupWriter``)."""
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.flush(wait)
 
     # -- writes ---------------------------------------------------------------------------------
     def start_run(self, run_id: str, loop: str, loop_file: str | None, **extra: Any) -> None:
