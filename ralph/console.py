@@ -54,30 +54,36 @@ class Console:
         self.quiet = quiet
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the lines waiting (held for an append, never across a write)
+        self._flush_lock = threading.Lock()  # one writer at a time, in order
+        self._lines: list[str] = []
         self._scheduled = False  # a flush waits for the next child's start
 
     def _print(self, text: str, later: bool = False) -> None:
         """``later``: a routine line (an iteration's or a step's start and end) may wait for the moment the
         next child runs (``ralph.meanwhile``), the next other line, or the loop's end."""
         with self._lock:
-            if later:  # a short line: one write (an unbuffered stdout makes each write a syscall)
-                self.out.write(text + "\n")
-            else:  # not text + "\n": a megabyte copy per chunk of mirrored output
-                self.out.write(text)
-                self.out.write("\n")
+            self._lines.append(text)
             schedule = later and not self._scheduled
             self._scheduled = self._scheduled or schedule
         if not later:
-            self.flush()  # outside the lock: a thread waiting in write() must not hold up the others
+            self.flush()
         elif schedule:
             meanwhile.later(self.flush, shared=True)
 
     def flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
-        with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
-            self.out.flush()
+        """The lines so far, written by one thread: a batch's 64 threads each writing to the stream
+        would queue up on its lock whenever one of them waits in write()."""
+        with self._flush_lock:
+            with self._lock:
+                lines, self._lines, self._scheduled = self._lines, [], False
+            if not lines:
+                return
+            with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
+                for text in lines:  # not text + "\n": a megabyte copy per chunk of mirrored output
+                    self.out.write(text)
+                    self.out.write("\n")
+                self.out.flush()
 
     def warn(self, message: str) -> None:
         with self._lock:

@@ -11,18 +11,18 @@ starts a child next does it (a batch's items write one console and one run log).
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 
 _local = threading.local()
-_shared: list[Callable[[], None]] = []
-_shared_lock = threading.Lock()
+# A deque's append and popleft are atomic: 64 threads handing tasks around through a lock queue up on it.
+_shared: deque[Callable[[], None]] = deque()
 
 
 def later(task: Callable[[], None], shared: bool = False) -> None:
     """Run ``task`` while this thread's next child runs (``shared``: any thread's next child)."""
     if shared:
-        with _shared_lock:
-            _shared.append(task)
+        _shared.append(task)
         return
     tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
     if tasks is None:
@@ -35,7 +35,8 @@ def run_pending() -> None:
     while tasks:
         tasks.pop(0)()
     while _shared:
-        with _shared_lock:
-            task = _shared.pop(0) if _shared else None
-        if task is not None:
-            task()
+        try:
+            task = _shared.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        task()

@@ -44,6 +44,17 @@ def _find_repo(run_id: str, workdir: Path) -> git.Repo | None:
         return _repos.setdefault(key, repo)
 
 
+_missing: dict[tuple[str, Path], bool] = {}
+
+
+def _missing_in_repo(run_id: str, workdir: Path) -> bool:
+    """git.missing_in_repo, asked once per run and folder (it searches PATH): not by each of 2,000 items."""
+    key = (run_id, workdir)
+    if key not in _missing:
+        _missing[key] = git.missing_in_repo(workdir)
+    return _missing[key]
+
+
 def session_ref(session_id: str, which: str) -> str:
     return f"{git.REF_PREFIX}sessions/{session_id}/{which}"
 
@@ -66,7 +77,7 @@ class Provenance:
             with contextlib.suppress(ValueError):
                 rel = workdir.resolve().relative_to(self.repo.root.resolve()).as_posix()
                 self.scope = None if rel == "." else rel
-        if enabled and self.repo is None and git.missing_in_repo(workdir):
+        if enabled and self.repo is None and _missing_in_repo(sv.run_id, workdir):
             self._fail("git is not installed", git.GitError("not found on PATH"))
 
     @property

@@ -14,7 +14,9 @@ the GIL) than the commits it would have saved.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,61 +35,60 @@ class PendingId:
 
 
 class GroupWriter:
+    """Ops wait in a deque (its append is atomic: no lock for the 64 threads of a batch to queue up on);
+    whoever holds the commit lock takes every op waiting and commits them in one transaction, again
+    while more wait; batches commit in order."""
+
     def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError]) -> None:
         self._transaction = transaction  # a context manager yielding the connection, one write transaction
         self._describe = describe
-        self._cond = threading.Condition()  # flushers wait here while another commits
-        self._ops: list[Op] = []
-        self._queued = self._done = 0
-        self._busy = False  # a batch is being committed: the next waits (batches commit in order)
-        self._wanted = 0  # what flushes that did not wait asked for: the committing thread goes on to it
+        self._ops: deque[Op] = deque()
+        self._commit_lock = threading.Lock()
+        self._committing = False
         self._error: StateError | None = None
 
     def put(self, op: Op) -> None:
-        with self._cond:
-            if self._error is not None:
-                raise self._error
-            self._ops.append(op)
-            self._queued += 1
+        if self._error is not None:
+            raise self._error
+        self._ops.append(op)
 
     def flush(self, wait: bool = True) -> None:
         """Returns once everything queued before the call is committed (raises what could not be).
         ``wait=False``: while another thread commits, leave it to commit these right after and return
-        (64 batch items spawning at once would otherwise wake each other up 64 times a commit)."""
-        with self._cond:
-            target = self._queued
+        (64 batch items spawning at once would otherwise wait for each other's commits)."""
         while True:
-            with self._cond:
-                while True:
-                    if self._error is not None:
-                        raise self._error
-                    target = max(target, self._wanted)
-                    if self._done >= target:
-                        return
-                    if self._ops and not self._busy:
-                        ops, self._ops, self._busy = self._ops, [], True
-                        break
-                    if not wait and self._busy:
-                        self._wanted = max(self._wanted, target)
-                        return
-                    self._cond.wait()
-            self._commit(ops)
+            if not self._commit_lock.acquire(blocking=wait):
+                return  # the committing thread looks at the queue again once it lets go of the lock
+            try:
+                self._committing = True
+                while self._ops:
+                    self._commit(self._take())
+            finally:
+                self._committing = False
+                self._commit_lock.release()
+            if self._error is not None:
+                raise self._error
+            if not self._ops:  # none came between the last take and the release: done
+                return
+            wait = False  # more came: take them too, unless a thread that came for them has the lock
+
+    def _take(self) -> list[Op]:
+        ops = []
+        with contextlib.suppress(IndexError):
+            while True:
+                ops.append(self._ops.popleft())
+        return ops
 
     @property
     def idle(self) -> bool:
-        return self._done == self._queued
+        return not self._ops and not self._committing
 
     def _commit(self, ops: list[Op]) -> None:
-        error: StateError | None = None
+        if self._error is not None:  # a broken history commits nothing more; every flush says so
+            return
         try:
             with self._transaction() as db:
                 for op in ops:
                     op(db)
         except Exception as exc:  # a full disk, a broken file: every later flush says so
-            error = exc if isinstance(exc, StateError) else self._describe(exc)
-        with self._cond:
-            self._done += len(ops)
-            self._busy = False
-            if error is not None and self._error is None:
-                self._error = error
-            self._cond.notify_all()
+            self._error = exc if isinstance(exc, StateError) else self._describe(exc)
