@@ -59,31 +59,40 @@ class Console:
         self._lines: list[str] = []
         self._scheduled = False  # a flush waits for the next child's start
 
-    def _print(self, text: str, later: bool = False) -> None:
+    def _print(self, text: str, later: bool = False, wait: bool = True) -> None:
         """``later``: a routine line (an iteration's or a step's start and end) may wait for the moment the
-        next child runs (``ralph.meanwhile``), the next other line, or the loop's end."""
+        next child runs (``ralph.meanwhile``), the next other line, or the loop's end. ``wait=False``: out
+        now, by this thread or by the one writing (a batch's item ends)."""
         with self._lock:
             self._lines.append(text)
             schedule = later and not self._scheduled
             self._scheduled = self._scheduled or schedule
         if not later:
-            self.flush()
+            self.flush(wait)
         elif schedule:
             meanwhile.later(self.flush, shared=True)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         """The lines so far, written by one thread: a batch's 64 threads each writing to the stream
-        would queue up on its lock whenever one of them waits in write()."""
-        with self._flush_lock:
-            with self._lock:
-                lines, self._lines, self._scheduled = self._lines, [], False
-            if not lines:
+        would queue up on its lock whenever one of them waits in write(). Unless ``wait``, a thread that
+        finds another writing leaves its lines to it: the writer looks again once it let go."""
+        while True:
+            if not self._flush_lock.acquire(blocking=wait):
                 return
-            with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
-                for text in lines:  # not text + "\n": a megabyte copy per chunk of mirrored output
-                    self.out.write(text)
-                    self.out.write("\n")
-                self.out.flush()
+            try:
+                with self._lock:
+                    lines, self._lines, self._scheduled = self._lines, [], False
+                with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
+                    for text in lines:  # not text + "\n": a megabyte copy per chunk of mirrored output
+                        self.out.write(text)
+                        self.out.write("\n")
+                    if lines:
+                        self.out.flush()
+            finally:
+                self._flush_lock.release()
+            if not self._lines:
+                return
+            wait = False
 
     def warn(self, message: str) -> None:
         with self._lock:
@@ -135,7 +144,7 @@ class Console:
         """The items this run will work on, before the first starts."""
 
     def item_end(self, item: str, status: str, reason: str, iterations: int) -> None:
-        self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)", later=True)
+        self._print(f"ralph: item {item}: {status} ({reason}) after {iterations} iteration(s)", wait=False)
 
     def run_end(self, run_id: str, status: str, exit_code: int, detail: str, stop_reason: str | None = None) -> None:
         self._print(f"ralph: {status}: {detail} (exit {exit_code})")
@@ -170,11 +179,11 @@ class RichConsole(Console):
         elapsed = time.monotonic() - self._since
         return self._text(f"⏵ {self._status} · {elapsed:.0f}s", style="dim")
 
-    def _print(self, text: str, later: bool = False) -> None:
+    def _print(self, text: str, later: bool = False, wait: bool = True) -> None:
         with self._lock:
             self._rc.print(self._text(text), markup=False, highlight=False)
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         pass
 
     def status(self, text: str) -> None:
@@ -187,7 +196,7 @@ class RichConsole(Console):
 class JsonConsole(Console):
     """``--json``: one JSON object per event, nothing else on stdout."""
 
-    _ROUTINE = frozenset({"iteration.start", "step.end", "iteration.end", "item.end"})
+    _ROUTINE = frozenset({"iteration.start", "step.end", "iteration.end"})
 
     def _event(self, event: str, **fields: Any) -> None:
         self._print(json.dumps({"event": event, "time": round(time.time(), 6), **fields}, ensure_ascii=False),

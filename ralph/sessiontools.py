@@ -173,7 +173,7 @@ class _ExecServices(Services):
 class _Silent(Console):
     """The command's own output goes to the terminal as is; ralph adds nothing to it."""
 
-    def _print(self, text: str, later: bool = False) -> None:
+    def _print(self, text: str, later: bool = False, wait: bool = True) -> None:
         pass
 
     def warn(self, message: str) -> None:
