@@ -1,0 +1,22 @@
+"""Values out of an agent's JSON events, as every preset's parser reads them: events are whatever
+the CLI printed, so a field may be missing or of another type, and none of that may fail a run."""
+
+from __future__ import annotations
+
+from typing import Any, TypeGuard
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """An object field, or an empty one when it is missing or not an object."""
+    return value if isinstance(value, dict) else {}
+
+
+def number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number (``true`` and ``false`` are not: Python's bool is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def int_sum(*values: Any) -> int | None:
+    """The sum of the numbers among ``values``, as an int; None when there is none."""
+    numbers = [int(v) for v in values if number(v)]
+    return sum(numbers) if numbers else None
