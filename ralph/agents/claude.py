@@ -10,7 +10,6 @@ Cost and tokens come from the ``result`` event. See docs/agent-presets.md (Claud
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -28,7 +27,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
-from ralph.agents.events import int_sum, number, obj
+from ralph.agents.events import int_sum, number, obj, tool_line
 from ralph.limits import LimitHit, reset_time
 
 # Fixed forever: changing it would change every derived UUID.
@@ -146,7 +145,7 @@ class ClaudeParser(StreamParser):
                 said.append(str(block["text"]))
                 shown.append(str(block["text"]))
             elif block.get("type") == "tool_use":
-                shown.append(_tool_line(block))
+                shown.append(tool_line(block.get("name"), block.get("input"), keys=_TOOL_KEYS))
                 self.tool_started(str(block.get("id") or ""), str(block.get("name") or "tool"), block.get("input"))
         text = "\n".join(said)
         return ("\n".join(shown) or None), (text or None)
@@ -188,18 +187,6 @@ class ClaudeParser(StreamParser):
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _tool_line(block: dict[str, Any]) -> str:
-    given = obj(block.get("input"))
-    name = str(block.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class ClaudePreset(Preset):

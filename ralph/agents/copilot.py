@@ -20,7 +20,6 @@ timestamps; a shell command's non-zero exit fails the call). See docs/agent-pres
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
@@ -38,7 +37,7 @@ from ralph.agents.base import (
     iso_seconds,
     json_event,
 )
-from ralph.agents.events import number, obj
+from ralph.agents.events import number, obj, tool_line
 
 # Fixed forever: changing it would change every derived UUID.
 NAMESPACE = uuid.UUID("0c0f7a3e-5b2d-4c61-8e1f-636f70696c74")
@@ -135,7 +134,8 @@ class CopilotParser(StreamParser):
     def _message(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
         text = str(data.get("content") or "")
         shown = [text] if text else []
-        shown += [_tool_line(obj(r)) for r in data.get("toolRequests") or []]
+        requests = [obj(r) for r in data.get("toolRequests") or []]
+        shown += [tool_line(r.get("name"), r.get("arguments"), keys=_TOOL_KEYS) for r in requests]
         return ("\n".join(shown) or None), (text or None)
 
     def _tool_result(self, data: dict[str, Any], at: float | None) -> str:
@@ -146,18 +146,6 @@ class CopilotParser(StreamParser):
         error = None if ok else str(obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
         self.tool_finished(str(data.get("toolCallId") or ""), ok, result.get("content"), error, at=at)
         return f"  {'←' if ok else '✗'} {first_line(content, 160) or '(no output)'}"
-
-
-def _tool_line(request: dict[str, Any]) -> str:
-    given = obj(request.get("arguments"))
-    name = str(request.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class CopilotPreset(Preset):

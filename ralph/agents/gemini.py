@@ -16,7 +16,6 @@ cost). See docs/agent-presets.md (Gemini CLI 0.61.0).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,10 +24,12 @@ from typing import Any
 from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, iso_seconds, json_event
 from ralph.agents.bound import UuidBoundPreset
 from ralph.agents.claude import claude_session_id
-from ralph.agents.events import number, obj
+from ralph.agents.events import number, obj, tool_line
 
 _APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
 _MODEL_RECORD = re.compile(r'"type"\s*:\s*"gemini"')
+# Tool inputs worth showing, best first.
+_TOOL_KEYS = ("command", "file_path", "dir_path", "path", "pattern", "url", "query", "description")
 
 
 def gemini_home(env: Mapping[str, str]) -> Path | None:
@@ -114,7 +115,7 @@ class GeminiParser(StreamParser):
         if kind == "tool_use":
             self.tool_started(str(event.get("tool_id") or ""), str(event.get("tool_name") or "tool"),
                               event.get("parameters"), at=iso_seconds(event.get("timestamp")))
-            return _tool_line(event), None
+            return tool_line(event.get("tool_name"), event.get("parameters"), keys=_TOOL_KEYS), None
         if kind == "tool_result":
             error = obj(event.get("error"))
             failed = bool(error) or event.get("status") == "error"
@@ -144,15 +145,6 @@ class GeminiParser(StreamParser):
 
 def _int(value: Any) -> int | None:
     return int(value) if number(value) else None
-
-
-def _tool_line(event: dict[str, Any]) -> str:
-    given = obj(event.get("parameters"))
-    name = str(event.get("tool_name") or "tool")
-    for key in ("command", "file_path", "dir_path", "path", "pattern", "url", "query", "description"):
-        if isinstance(given.get(key), str) and given[key]:
-            return f"→ {name}: {'$ ' if key == 'command' else ''}{first_line(given[key])}"
-    return f"→ {name}: {first_line(json.dumps(given, ensure_ascii=False))}"
 
 
 class GeminiPreset(UuidBoundPreset):

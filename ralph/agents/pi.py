@@ -33,7 +33,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
-from ralph.agents.events import int_sum, number, obj
+from ralph.agents.events import int_sum, number, obj, tool_line
 from ralph.agents.opencode import PROVIDERS
 
 SESSION_VERSION = 3  # pi's session file format (CURRENT_SESSION_VERSION in pi 0.73.1)
@@ -101,7 +101,8 @@ class PiParser(StreamParser):
         blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
         said = "\n".join(str(b.get("text")) for b in blocks if b.get("type") == "text" and b.get("text"))
         shown = [said] if said else []
-        shown += [_tool_line(b) for b in blocks if b.get("type") == "toolCall"]
+        shown += [tool_line(b.get("name"), b.get("arguments"), keys=_TOOL_KEYS) for b in blocks
+                  if b.get("type") == "toolCall"]
         if message.get("stopReason") in ("error", "aborted"):
             why = str(message.get("errorMessage") or message.get("stopReason"))
             return "\n".join([*shown, f"pi: error: {first_line(why)}"]), "\n".join(filter(None, [said, why]))
@@ -112,18 +113,6 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(c.get("text", "")) for c in content if isinstance(c, dict) and c.get("type") == "text")
     return str(content or "")
-
-
-def _tool_line(block: dict[str, Any]) -> str:
-    given = obj(block.get("arguments"))
-    name = str(block.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class PiPreset(Preset):
