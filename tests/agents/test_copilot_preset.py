@@ -9,21 +9,17 @@ failing to install it fails these tests; without CI they are skipped only when n
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
 from tests.support.copilot import copilot_env, ensure_copilot
-from tests.support.npm import NpmUnavailable
+from tests.support.preset_runs import installed, interrupted_run, tool_attributes
 from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted-model"
@@ -32,12 +28,7 @@ PROMISE = "<promise>COMPLETE</promise>"
 
 @pytest.fixture(scope="session")
 def copilot_bin() -> Path:
-    try:
-        return ensure_copilot()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"copilot not available: {e}")
-        pytest.fail(f"could not install copilot: {e}")
+    return installed(ensure_copilot, "copilot")
 
 
 def sessions(state: Path) -> list[dict[str, Any]]:
@@ -124,10 +115,8 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     assert failing["parentSpanId"] == agent_spans[(rows[1]["id"], "1")]["spanId"]
     assert failing["status"]["code"] in (2, "STATUS_CODE_ERROR") and failing["status"]["message"] == "the tool failed"
     assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
-    assert tool["attrs"] == {
-        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
-        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
-        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
+    # no content: that is asked for
+    assert tool["attrs"] == tool_attributes("bash", start["toolCallId"], rows[0]["id"])
     assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
     assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
         <= int(retried["endTimeUnixNano"])
@@ -139,25 +128,12 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
 def test_an_interrupt_ends_copilot_and_what_its_shell_tool_started(copilot_bin: Path, tmp_path: Path,
                                                                   isolated: Path) -> None:
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: copilot-interrupt
         workdir: work
         agent: {{preset: copilot, bin: {copilot_bin}, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **copilot_env(tmp_path, srv.base_url)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    tool = interrupted_run(tmp_path, loop, lambda srv: copilot_env(tmp_path, srv.base_url))
     assert not alive(tool)
     assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from handshake import alive, db_rows, spans
 from helpers import PY, ralph, write_loop
 from tests.agents.test_opencode_preset import FAKE_OPENCODE
 from tests.support.kilo import ensure_kilo, kilo_env
-from tests.support.npm import NpmUnavailable
+from tests.support.preset_runs import installed
 from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted/scripted-model"
@@ -32,12 +31,7 @@ STEP_COST = (100 * 3.0 + 20 * 15.0) / 1_000_000  # kilo_env's prices; the server
 
 @pytest.fixture(scope="session")
 def kilo_bin() -> Path:
-    try:
-        return ensure_kilo()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"kilo not available: {e}")
-        pytest.fail(f"could not install kilo: {e}")
+    return installed(ensure_kilo, "kilo")
 
 
 def env_for(tmp_path: Path, srv: ScriptedLLM, kilo_bin: Path) -> dict[str, str]:

@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import PY, alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.opencode import IMPORT_FILE, OpencodeParser, _Binding
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events, run_opencode
+from tests.support.preset_runs import installed, interrupted_run
 from tests.support.scripted_llm import ScriptedLLM, bash, rate_limited, text
 
 MODEL = "scripted/scripted-model"
@@ -38,12 +36,7 @@ PROMISE = "<promise>COMPLETE</promise>"
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
-    try:
-        return ensure_opencode()
-    except OpencodeUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"opencode not available: {e}")
-        pytest.fail(f"could not install opencode: {e}")
+    return installed(ensure_opencode, "opencode", OpencodeUnavailable)
 
 
 @pytest.fixture
@@ -280,25 +273,12 @@ def test_an_interrupt_ends_opencode_and_what_its_bash_tool_started(
 ) -> None:
     """The bash tool runs in its own session: ending opencode's process group misses it."""
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: oc-interrupt
         workdir: work
         agent: {{preset: opencode, model: {MODEL}, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **ralph_env(tmp_path, srv, opencode_bin)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    tool = interrupted_run(tmp_path, loop, lambda srv: ralph_env(tmp_path, srv, opencode_bin))
     assert not alive(tool)
     assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
 

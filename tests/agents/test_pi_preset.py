@@ -9,21 +9,17 @@ CI set, failing to install it fails these tests; without CI they are skipped onl
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.pi import PiParser, sessions_dir
-from tests.support.npm import NpmUnavailable
 from tests.support.pi import ensure_pi, pi_env
+from tests.support.preset_runs import events, installed, interrupted_run, tool_attributes
 from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 MODEL = "scripted/scripted-model"
@@ -33,20 +29,11 @@ STEP_COST = (100 * 3.0 + 20 * 15.0) / 1_000_000  # pi_env's prices; the server's
 
 @pytest.fixture(scope="session")
 def pi_bin() -> Path:
-    try:
-        return ensure_pi()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"pi not available: {e}")
-        pytest.fail(f"could not install pi: {e}")
+    return installed(ensure_pi, "pi")
 
 
 def sessions(state: Path) -> list[dict[str, Any]]:
     return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
-
-
-def events(path: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
 
 
 @pytest.mark.slow
@@ -126,10 +113,8 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     (tool,) = [s for s in all_spans if s["name"].startswith("execute_tool")]
     (start,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "tool_execution_start"]
     assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
-    assert tool["attrs"] == {
-        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
-        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
-        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
+    # no content: that is asked for
+    assert tool["attrs"] == tool_attributes("bash", start["toolCallId"], rows[0]["id"])
     assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
     assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
         <= int(retried["endTimeUnixNano"])
@@ -140,25 +125,12 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
 def test_an_interrupt_ends_pi_and_what_its_shell_tool_started(pi_bin: Path, tmp_path: Path,
                                                                   isolated: Path) -> None:
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: pi-interrupt
         workdir: work
         agent: {{preset: pi, bin: {pi_bin}, model: scripted/scripted-model, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **pi_env(tmp_path, srv.base_url)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    tool = interrupted_run(tmp_path, loop, lambda srv: pi_env(tmp_path, srv.base_url))
     assert not alive(tool)
     assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
 
