@@ -3,8 +3,7 @@ tests/support/npm.py) against a scripted Anthropic Messages API on 127.0.0.1, dr
 ``ralph run``. The model's turns make Claude's Bash tool run tests/support/agent_probe.py, which
 reports the env the tool saw and the argv and env of the ``claude`` process above it.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ from tests.support.claude import claude_env
 from tests.support.npm import ensure_claude
 from tests.support.preset_runs import (
     PROMISE,
+    assert_a_named_promise_claims_nothing,
+    assert_bin_not_executable,
+    assert_needs_binary,
     assert_session_env,
     bound_uuid,
     events,
@@ -186,26 +188,15 @@ def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Pat
 def test_a_prompt_naming_the_promise_claims_nothing(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
     # The claude CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="anthropic") as api:
-        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert [r["status"] for r in sessions()] == ["ok", "complete"]
-    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+    assert_a_named_promise_claims_nothing(loop, "anthropic", lambda api: {**on_path, **claude_env(tmp_path, api.base_url)})
 
 
 def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the claude preset needs `claude` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()  # nothing ran
+    assert_needs_binary(loop, "claude", tmp_path, isolated)
 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: ./tools/claude")
-    result = ralph("run", str(loop))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "'./tools/claude' is not an executable file" in result.stderr and "agent.bin" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_bin_not_executable(loop, "./tools/claude", isolated)
 
 
 def test_the_parser_pairs_tool_use_with_tool_result_and_fails_an_unanswered_call() -> None:

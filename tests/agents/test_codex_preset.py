@@ -4,8 +4,7 @@ against a scripted OpenAI Responses API on 127.0.0.1 (a ``model_provider`` in an
 tool (``exec_command``) run tests/support/agent_probe.py, which reports the env the tool saw and
 the argv and env of the ``codex`` process above it.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
@@ -24,6 +23,9 @@ from tests.support.codex import codex_env
 from tests.support.npm import ensure_codex
 from tests.support.preset_runs import (
     PROMISE,
+    assert_a_named_promise_claims_nothing,
+    assert_bin_not_executable,
+    assert_needs_binary,
     assert_session_env,
     events,
     installed,
@@ -153,23 +155,12 @@ def test_a_usage_limit_pauses_until_its_reset_and_resumes_the_thread(codex_bin: 
 def test_a_prompt_naming_the_promise_claims_nothing(codex_bin: Path, tmp_path: Path) -> None:
     # The codex CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")
-    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="responses") as api:
-        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert [r["status"] for r in sessions()] == ["ok", "complete"]
-    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+    assert_a_named_promise_claims_nothing(loop, "responses", lambda api: codex_env(tmp_path, api.base_url))
 
 
 def test_a_missing_codex_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the codex preset needs `codex` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()  # nothing ran
+    assert_needs_binary(loop, "codex", tmp_path, isolated)
 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: /nonexistent/codex")
-    result = ralph("run", str(loop))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "'/nonexistent/codex' is not an executable file" in result.stderr and "agent.bin" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_bin_not_executable(loop, "/nonexistent/codex", isolated)

@@ -2,8 +2,7 @@
 tests/support/copilot.py) in offline mode against the scripted OpenAI-compatible server
 (tests/support/scripted_llm.py), driven by a real ``ralph run``.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
@@ -19,7 +18,15 @@ from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
 from tests.support.copilot import copilot_env, ensure_copilot
-from tests.support.preset_runs import installed, interrupted_run, tool_attributes
+from tests.support.preset_runs import (
+    agent_step_spans,
+    assert_interrupt_ends_tool,
+    assert_needs_binary,
+    assert_tool_span,
+    installed,
+    stored_sessions,
+    tool_attributes,
+)
 from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted-model"
@@ -29,10 +36,6 @@ PROMISE = "<promise>COMPLETE</promise>"
 @pytest.fixture(scope="session")
 def copilot_bin() -> Path:
     return installed(ensure_copilot, "copilot")
-
-
-def sessions(state: Path) -> list[dict[str, Any]]:
-    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
 
 
 @pytest.mark.slow
@@ -72,7 +75,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["status"] for r in rows] == ["ok", "complete"]
     assert {r["model"] for r in srv.requests} == {MODEL}  # --model over $COPILOT_MODEL
     # The prompt went on stdin, verbatim (a leading "-" is no option); the retry continued the
@@ -99,8 +102,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     # GenAI / OpenInference on the agent steps, tokens included (read from Copilot's log at its
     # result event); the bash call a child span of the attempt that made it (attempt 2), no content.
     all_spans = spans(isolated)
-    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
-                   if s["name"] == "ralph.step"}
+    agent_spans = agent_step_spans(all_spans)
     retried = agent_spans[(rows[0]["id"], "2")]
     a = retried["attrs"]
     assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
@@ -114,12 +116,9 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     # iteration 2's `exit 3`: a failed call (Copilot says success, the shell's exit code says no)
     assert failing["parentSpanId"] == agent_spans[(rows[1]["id"], "1")]["spanId"]
     assert failing["status"]["code"] in (2, "STATUS_CODE_ERROR") and failing["status"]["message"] == "the tool failed"
-    assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
+    assert_tool_span(tool, "bash", retried)
     # no content: that is asked for
     assert tool["attrs"] == tool_attributes("bash", start["toolCallId"], rows[0]["id"])
-    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
-    assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
-        <= int(retried["endTimeUnixNano"])
     for words in ("RALPH_ATTEMPT", "failing-command"):  # commands and their output are content
         assert words not in (isolated / "traces.jsonl").read_text()
 
@@ -133,17 +132,12 @@ def test_an_interrupt_ends_copilot_and_what_its_shell_tool_started(copilot_bin: 
         workdir: work
         agent: {{preset: copilot, bin: {copilot_bin}, prompt: "Run the slow tests"}}
         """)
-    tool = interrupted_run(tmp_path, loop, lambda srv: copilot_env(tmp_path, srv.base_url))
-    assert not alive(tool)
-    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+    assert_interrupt_ends_tool(tmp_path, loop, isolated, lambda srv: copilot_env(tmp_path, srv.base_url))
 
 
 def test_a_missing_copilot_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = write_loop(tmp_path, "name: c\nagent: {preset: copilot, prompt: hi}\n")
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the copilot preset needs `copilot` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_needs_binary(loop, "copilot", tmp_path, isolated)
 
 
 # Events as Copilot CLI 1.0.102 printed them, trimmed.

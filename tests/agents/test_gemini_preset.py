@@ -4,8 +4,7 @@ tests/support/scripted_llm.py), driven by a real ``ralph run``. The model's turn
 shell tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool
 saw and the argv and env of the gemini (node) process above it.
 
-Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
-CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm and node: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from tests.support.node_agents import gemini_env, node_probe
 from tests.support.npm import ensure_gemini
 from tests.support.preset_runs import (
     PROMISE,
+    assert_needs_binary,
     assert_session_env,
     bound_uuid,
     events,
@@ -157,10 +157,7 @@ def test_a_retry_resumes_the_same_gemini_session(gemini_bin: Path, tmp_path: Pat
 
 def test_a_missing_gemini_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the gemini preset needs `gemini` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()  # nothing ran
+    assert_needs_binary(loop, "gemini", tmp_path, isolated)
 
 
 # Events as Gemini CLI 0.61.0 printed them (a real run's, the command shortened); the failed

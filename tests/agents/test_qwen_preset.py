@@ -4,8 +4,7 @@ tests/support/npm.py) against a scripted OpenAI-compatible API on 127.0.0.1
 tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool saw
 and the argv and env of the qwen (node) process above it.
 
-Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
-CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm and node: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """What the preset tests (tests/agents/) share: the real agent CLI installed or the test skipped,
-the history read back through ``ralph sessions`` / ``ralph show``, a loop file per preset, the
-checks of a two-iteration run, and a run interrupted while the agent's tool runs."""
+the history read back (``ralph sessions`` / ``ralph show``, or the SQLite file), a loop file per
+preset, and the checks several presets' tests make alike: a two-iteration run, the session env the
+agent and its tool saw, tool spans, a missing binary, a prompt naming the promise, and an interrupt
+while the agent's tool runs."""
 
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import wait_for_text
+from handshake import alive, db_rows, wait_for_text
 
 from helpers import PY, ralph, write_loop
+from tests.support.llm_wires import Wire
 from tests.support.npm import NpmUnavailable
-from tests.support.scripted_llm import ScriptedLLM, bash
+from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 PROMISE = "<promise>COMPLETE</promise>"
 # ralph/agents/claude.py's, fixed forever: written out here so that a change to it fails the tests.
@@ -75,9 +78,42 @@ def show(session_id: str) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
+def stored_sessions(state: Path) -> list[dict[str, Any]]:
+    """The history's session rows (the SQLite file in ``state``), by iteration."""
+    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
+
+
 def events(log_path: str | Path) -> list[dict[str, Any]]:
     """The JSON events of a step log (or an agent's own session file)."""
     return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+
+
+def assert_needs_binary(loop: Path, preset: str, tmp_path: Path, state: Path) -> None:
+    """With no ``PRESET`` on PATH (and no agent.bin), ``ralph run LOOP`` is a usage error: nothing runs."""
+    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"the {preset} preset needs `{preset}` on PATH (or set agent.bin)" in result.stderr
+    assert not (state / "ralph.db").exists()  # nothing ran
+
+
+def assert_a_named_promise_claims_nothing(loop: Path, wire: Wire,
+                                          env_for: Callable[[ScriptedLLM], Mapping[str, str]]) -> None:
+    """The prompt of a ``preset_loop`` made to name the promise: the CLI's echo of the user message
+    (if any) and the prompt's own lines never count, only the model's text does."""
+    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
+    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire=wire) as api:
+        result = ralph("run", str(loop), env=env_for(api))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r["status"] for r in sessions()] == ["ok", "complete"]
+    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+
+
+def assert_bin_not_executable(loop: Path, configured: str, state: Path) -> None:
+    """LOOP's agent.bin (``configured``) names no executable: a usage error naming the key, nothing runs."""
+    result = ralph("run", str(loop))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"'{configured}' is not an executable file" in result.stderr and "agent.bin" in result.stderr
+    assert not (state / "ralph.db").exists()
 
 
 def two_iterations(result: subprocess.CompletedProcess[str], api: ScriptedLLM, requests: int,
@@ -112,6 +148,20 @@ def tool_attributes(name: str, call_id: str, session_id: str) -> dict[str, str]:
             "gen_ai.conversation.id": session_id}
 
 
+def agent_step_spans(all_spans: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The agent steps' spans of traces.jsonl (``handshake.spans``) by (session ID, attempt)."""
+    return {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans if s["name"] == "ralph.step"}
+
+
+def assert_tool_span(tool: dict[str, Any], name: str, step: dict[str, Any]) -> None:
+    """A span of traces.jsonl: ``execute_tool NAME``, not failed, a child of the agent step
+    ``step`` and within its time."""
+    assert tool["name"] == f"execute_tool {name}" and tool["parentSpanId"] == step["spanId"]
+    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
+    assert int(step["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
+        <= int(step["endTimeUnixNano"])
+
+
 def leave_running(pidfile: Path) -> str:
     """Shell text that leaves a process running in a session of its own (the preset must end it);
     the tool returns once it runs."""
@@ -119,9 +169,10 @@ def leave_running(pidfile: Path) -> str:
             f"until [ -s {pidfile} ]; do sleep 0.05; done")
 
 
-def interrupted_run(tmp_path: Path, loop: Path, env_for: Callable[[ScriptedLLM], Mapping[str, str]]) -> int:
+def assert_interrupt_ends_tool(tmp_path: Path, loop: Path, state: Path,
+                               env_for: Callable[[ScriptedLLM], Mapping[str, str]]) -> None:
     """``ralph run LOOP`` whose agent's shell tool starts a long command; once that runs, SIGINT:
-    ralph exits 130. Returns the tool's PID."""
+    ralph exits 130, the tool's process is gone, the session is interrupted."""
     pidfile = tmp_path / "tool.pid"
     with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
         env = {**os.environ, **env_for(srv)}
@@ -136,4 +187,5 @@ def interrupted_run(tmp_path: Path, loop: Path, env_for: Callable[[ScriptedLLM],
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    return tool
+    assert not alive(tool)
+    assert [r["status"] for r in db_rows(state, "SELECT status FROM sessions")] == ["interrupted"]
