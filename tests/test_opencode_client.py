@@ -33,6 +33,7 @@ from tests.support.opencode import (
     project_id,
     run_opencode,
 )
+from tests.support.preset_runs import installed
 from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 pytestmark = pytest.mark.opencode
@@ -52,12 +53,7 @@ def new_session_id() -> str:
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
-    try:
-        return ensure_opencode()
-    except OpencodeUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"opencode not available: {e}")
-        pytest.fail(f"could not install opencode: {e}")
+    return installed(ensure_opencode, "opencode", OpencodeUnavailable)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from gitrepo import drop_session_refs
 from helpers import PY, ROOT, ralph, write_loop, yaml_list
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events
 from tests.support.phoenix import PhoenixServer, find_phoenix
+from tests.support.preset_runs import installed
 from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.slow]
@@ -185,12 +185,7 @@ def test_the_readme_phoenix_example_runs_clean(tmp_path: Path, isolated: Path, p
 
 @pytest.fixture(scope="module")
 def opencode_bin() -> Path:
-    try:
-        return ensure_opencode()
-    except OpencodeUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"opencode not available: {e}")
-        pytest.fail(f"could not install opencode: {e}")
+    return installed(ensure_opencode, "opencode", OpencodeUnavailable)
 
 
 @pytest.mark.opencode

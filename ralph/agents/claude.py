@@ -10,14 +10,13 @@ Cost and tokens come from the ``result`` event. See docs/agent-presets.md (Claud
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from ralph.agents.base import (
     AgentContext,
@@ -28,6 +27,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.agents.events import int_sum, number, obj, tool_line
 from ralph.limits import LimitHit, reset_time
 
 # Fixed forever: changing it would change every derived UUID.
@@ -91,17 +91,17 @@ class ClaudeParser(StreamParser):
             return (text or None), None  # not the model's words: it does not count for output_contains
         kind = event.get("type")
         if kind == "rate_limit_event":
-            return self._rate_limit(_obj(event.get("rate_limit_info"))), None
+            return self._rate_limit(obj(event.get("rate_limit_info"))), None
         if kind == "system":
             return self._system(event), None
         if kind == "assistant" and event.get("is_api_error_message"):  # Claude Code's words, not the model's
-            said = "\n".join(str(b.get("text") or "") for b in _blocks(_obj(event.get("message")).get("content")))
+            said = "\n".join(str(b.get("text") or "") for b in _blocks(obj(event.get("message")).get("content")))
             self._api_error(event, said)
             return (said or None), None
         if kind == "assistant":
-            return self._assistant(_obj(event.get("message")))
+            return self._assistant(obj(event.get("message")))
         if kind == "user":
-            return self._tool_results(_obj(event.get("message"))), None
+            return self._tool_results(obj(event.get("message"))), None
         if kind == "result":
             return self._result(event)
         return None, None
@@ -109,7 +109,7 @@ class ClaudeParser(StreamParser):
     def _rate_limit(self, info: dict[str, Any]) -> str | None:
         """Claude Code's own rate-limit report (subscriptions): ``rejected`` means it must wait."""
         resets = info.get("resetsAt")
-        self._resets = float(resets) if _number(resets) else self._resets
+        self._resets = float(resets) if number(resets) else self._resets
         if info.get("status") != "rejected":
             return None
         words = f"claude: {info.get('rateLimitType') or 'usage'} limit reached"
@@ -145,7 +145,7 @@ class ClaudeParser(StreamParser):
                 said.append(str(block["text"]))
                 shown.append(str(block["text"]))
             elif block.get("type") == "tool_use":
-                shown.append(_tool_line(block))
+                shown.append(tool_line(block.get("name"), block.get("input"), keys=_TOOL_KEYS))
                 self.tool_started(str(block.get("id") or ""), str(block.get("name") or "tool"), block.get("input"))
         text = "\n".join(said)
         return ("\n".join(shown) or None), (text or None)
@@ -166,18 +166,18 @@ class ClaudeParser(StreamParser):
         return "\n".join(shown) or None
 
     def _result(self, event: dict[str, Any]) -> tuple[str | None, str | None]:
-        usage = _obj(event.get("usage"))
-        tokens_in = _sum(usage.get("input_tokens"), usage.get("cache_creation_input_tokens"),
+        usage = obj(event.get("usage"))
+        tokens_in = int_sum(usage.get("input_tokens"), usage.get("cache_creation_input_tokens"),
                          usage.get("cache_read_input_tokens"))
-        self.report.add_tokens(tokens_in, _sum(usage.get("output_tokens")))  # this run's own
+        self.report.add_tokens(tokens_in, int_sum(usage.get("output_tokens")))  # this run's own
         total = event.get("total_cost_usd")
-        cost = float(total) if _number(total) else None
+        cost = float(total) if number(total) else None
         if cost is not None and self.resumed:  # a resumed session's total includes earlier attempts'
             self.report.cost_usd = max(self.report.cost_usd or 0.0, cost)
         else:
             self.report.add_cost(cost)
         spent = f" · ${cost:.4f}" if cost is not None else ""
-        turns = f" · {event['num_turns']} turns" if _number(event.get("num_turns")) else ""
+        turns = f" · {event['num_turns']} turns" if number(event.get("num_turns")) else ""
         if event.get("is_error"):
             why = str(event.get("result") or event.get("subtype") or "error")
             self._api_error(event, why)
@@ -185,33 +185,8 @@ class ClaudeParser(StreamParser):
         return f"{self.label}: {event.get('subtype') or 'done'}{turns}{spent}", None
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _blocks(content: Any) -> list[dict[str, Any]]:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _sum(*values: Any) -> int | None:
-    numbers = [int(v) for v in values if _number(v)]
-    return sum(numbers) if numbers else None
-
-
-def _tool_line(block: dict[str, Any]) -> str:
-    given = _obj(block.get("input"))
-    name = str(block.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class ClaudePreset(Preset):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, TypeGuard
+from typing import Any
 
 from ralph.agents.base import (
     AgentContext,
@@ -23,6 +23,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.agents.events import number, obj
 from ralph.limits import LimitHit, reset_time
 
 # Codex's errors for a plan's usage limit ("You've hit your usage limit … try again at 3:43 AM") and
@@ -70,11 +71,11 @@ class CodexParser(StreamParser):
             self._threads.set(self.session_id, event["thread_id"])
             return f"codex thread {event['thread_id']}", None
         if kind in ("item.started", "item.completed"):
-            return self._item(kind, _obj(event.get("item")))
+            return self._item(kind, obj(event.get("item")))
         if kind == "turn.completed":
-            return self._usage(_obj(event.get("usage"))), None
+            return self._usage(obj(event.get("usage"))), None
         if kind in ("turn.failed", "error"):
-            message = str(_obj(event.get("error")).get("message") or event.get("message") or kind)
+            message = str(obj(event.get("error")).get("message") or event.get("message") or kind)
             if message == self._last_error:  # turn.failed repeats the error event before it
                 return None, None
             self._last_error = message
@@ -102,7 +103,7 @@ class CodexParser(StreamParser):
             mark = "←" if item.get("exit_code") == 0 else f"✗ exit {item.get('exit_code')}:"
             return f"  {mark} {output}", None
         if what == "file_change":
-            changes = [f"{_obj(c).get('kind', 'change')} {_obj(c).get('path', '?')}"
+            changes = [f"{obj(c).get('kind', 'change')} {obj(c).get('path', '?')}"
                        for c in item.get("changes") or []]
             return f"→ edit: {', '.join(changes) or '?'}", None
         if what == "mcp_tool_call":
@@ -110,7 +111,7 @@ class CodexParser(StreamParser):
         if what == "web_search":
             return f"→ web search: {first_line(str(item.get('query') or ''))}", None
         if what == "todo_list":
-            todos = [f"[{'x' if _obj(t).get('completed') else ' '}] {_obj(t).get('text', '')}"
+            todos = [f"[{'x' if obj(t).get('completed') else ' '}] {obj(t).get('text', '')}"
                      for t in item.get("items") or []]
             return ("\n".join(todos) or None), None
         if what == "error":  # a warning: the turn goes on
@@ -126,7 +127,7 @@ class CodexParser(StreamParser):
             return
         ok = item.get("status") not in ("failed", "declined") and item.get("exit_code") in (0, None)
         output = item.get("aggregated_output") if "aggregated_output" in item else item.get("result")
-        error = None if ok else str(_obj(item.get("error")).get("message") or f"exit {item.get('exit_code')}")
+        error = None if ok else str(obj(item.get("error")).get("message") or f"exit {item.get('exit_code')}")
         if call_id not in self._open:  # a file change comes completed only
             self.tool_started(call_id, tool, given)
         self.tool_finished(call_id, ok, output, error)
@@ -137,8 +138,8 @@ class CodexParser(StreamParser):
         if self.resumed:  # codex 0.169 reports a resumed thread's running total
             _at_least(self.report, tokens_in, tokens_out)
         else:
-            self.report.add_tokens(int(tokens_in) if _number(tokens_in) else None,
-                                   int(tokens_out) if _number(tokens_out) else None)
+            self.report.add_tokens(int(tokens_in) if number(tokens_in) else None,
+                                   int(tokens_out) if number(tokens_out) else None)
         return f"codex: turn done · {tokens_in} in / {tokens_out} out tokens"
 
 
@@ -151,18 +152,10 @@ def _tool_name(item: dict[str, Any]) -> str | None:
 
 
 def _at_least(report: AgentReport, tokens_in: Any, tokens_out: Any) -> None:
-    if _number(tokens_in):
+    if number(tokens_in):
         report.tokens_in = max(report.tokens_in or 0, int(tokens_in))
-    if _number(tokens_out):
+    if number(tokens_out):
         report.tokens_out = max(report.tokens_out or 0, int(tokens_out))
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class CodexPreset(Preset):

@@ -20,13 +20,12 @@ timestamps; a shell command's non-zero exit fails the call). See docs/agent-pres
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from ralph.agents.base import (
     AgentContext,
@@ -38,6 +37,7 @@ from ralph.agents.base import (
     iso_seconds,
     json_event,
 )
+from ralph.agents.events import number, obj, tool_line
 
 # Fixed forever: changing it would change every derived UUID.
 NAMESPACE = uuid.UUID("0c0f7a3e-5b2d-4c61-8e1f-636f70696c74")
@@ -72,11 +72,11 @@ def last_run_usage(path: Path) -> tuple[int | None, int | None]:
                 if event.get("type") in _PROCESS_START:
                     tokens_in = tokens_out = None
                 elif event.get("type") == "session.usage_record":
-                    usage = _obj(_obj(event.get("data")).get("usage"))
+                    usage = obj(obj(event.get("data")).get("usage"))
                     # inputTokens counts the cached ones too (the provider's prompt tokens)
-                    if _number(usage.get("inputTokens")):
+                    if number(usage.get("inputTokens")):
                         tokens_in = (tokens_in or 0) + int(usage["inputTokens"])
-                    if _number(usage.get("outputTokens")):
+                    if number(usage.get("outputTokens")):
                         tokens_out = (tokens_out or 0) + int(usage["outputTokens"])
     except OSError:
         return None, None
@@ -108,7 +108,7 @@ class CopilotParser(StreamParser):
             return (text or None), None  # not the model's words: it does not count for output_contains
         self.started = True
         kind = event.get("type")
-        data = _obj(event.get("data"))
+        data = obj(event.get("data"))
         if kind == "assistant.message":  # the whole message; its deltas come before it
             self.model = str(data["model"]) if data.get("model") else self.model
             return self._message(data)
@@ -134,37 +134,18 @@ class CopilotParser(StreamParser):
     def _message(self, data: dict[str, Any]) -> tuple[str | None, str | None]:
         text = str(data.get("content") or "")
         shown = [text] if text else []
-        shown += [_tool_line(_obj(r)) for r in data.get("toolRequests") or []]
+        requests = [obj(r) for r in data.get("toolRequests") or []]
+        shown += [tool_line(r.get("name"), r.get("arguments"), keys=_TOOL_KEYS) for r in requests]
         return ("\n".join(shown) or None), (text or None)
 
     def _tool_result(self, data: dict[str, Any], at: float | None) -> str:
-        result = _obj(data.get("result"))
-        content = str(result.get("content") or _obj(data.get("error")).get("message") or "")
-        code = _obj(data.get("shellExecution")).get("exitCode")  # a shell command's own exit code
+        result = obj(data.get("result"))
+        content = str(result.get("content") or obj(data.get("error")).get("message") or "")
+        code = obj(data.get("shellExecution")).get("exitCode")  # a shell command's own exit code
         ok = bool(data.get("success")) and code in (0, None)
-        error = None if ok else str(_obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
+        error = None if ok else str(obj(data.get("error")).get("message") or (f"exit {code}" if code else "failed"))
         self.tool_finished(str(data.get("toolCallId") or ""), ok, result.get("content"), error, at=at)
         return f"  {'←' if ok else '✗'} {first_line(content, 160) or '(no output)'}"
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _tool_line(request: dict[str, Any]) -> str:
-    given = _obj(request.get("arguments"))
-    name = str(request.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class CopilotPreset(Preset):

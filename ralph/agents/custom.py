@@ -35,7 +35,8 @@ def _spec(spec: LoopSpec) -> CustomAgent:
     return custom
 
 
-def _number(value: Any) -> float | None:
+def _as_float(value: Any) -> float | None:
+    """A number, or a string of one (a custom CLI's own choice), as a float; None for anything else."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -102,7 +103,7 @@ def _values(pointer: Pointer | None, event: dict[str, Any]) -> list[Any]:
 
 
 def _sum_of(pointer: Pointer | None, event: dict[str, Any]) -> float | None:
-    numbers = [n for n in (_number(v) for v in _values(pointer, event)) if n is not None]
+    numbers = [n for n in (_as_float(v) for v in _values(pointer, event)) if n is not None]
     return sum(numbers) if numbers else None
 
 

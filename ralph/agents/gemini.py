@@ -16,7 +16,6 @@ cost). See docs/agent-presets.md (Gemini CLI 0.61.0).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,10 +23,13 @@ from typing import Any
 
 from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, iso_seconds, json_event
 from ralph.agents.bound import UuidBoundPreset
-from ralph.agents.claude import _obj, claude_session_id
+from ralph.agents.claude import claude_session_id
+from ralph.agents.events import number, obj, tool_line
 
 _APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
 _MODEL_RECORD = re.compile(r'"type"\s*:\s*"gemini"')
+# Tool inputs worth showing, best first.
+_TOOL_KEYS = ("command", "file_path", "dir_path", "path", "pattern", "url", "query", "description")
 
 
 def gemini_home(env: Mapping[str, str]) -> Path | None:
@@ -113,9 +115,9 @@ class GeminiParser(StreamParser):
         if kind == "tool_use":
             self.tool_started(str(event.get("tool_id") or ""), str(event.get("tool_name") or "tool"),
                               event.get("parameters"), at=iso_seconds(event.get("timestamp")))
-            return _tool_line(event), None
+            return tool_line(event.get("tool_name"), event.get("parameters"), keys=_TOOL_KEYS), None
         if kind == "tool_result":
-            error = _obj(event.get("error"))
+            error = obj(event.get("error"))
             failed = bool(error) or event.get("status") == "error"
             why = str(error.get("message") or event.get("output") or "failed")
             self.tool_finished(str(event.get("tool_id") or ""), not failed, event.get("output"),
@@ -132,26 +134,17 @@ class GeminiParser(StreamParser):
         return None, None
 
     def _result(self, event: dict[str, Any]) -> tuple[str | None, str | None]:
-        stats = _obj(event.get("stats"))
+        stats = obj(event.get("stats"))
         self.report.add_tokens(_int(stats.get("input_tokens")), _int(stats.get("output_tokens")))
         tools = f" · {stats['tool_calls']} tool calls" if _int(stats.get("tool_calls")) is not None else ""
         if event.get("status") == "error":
-            why = str(_obj(event.get("error")).get("message") or "error")
+            why = str(obj(event.get("error")).get("message") or "error")
             return f"gemini: error: {first_line(why)}{tools}", why  # counts for retry.on_output
         return f"gemini: {event.get('status') or 'done'}{tools}", None
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _tool_line(event: dict[str, Any]) -> str:
-    given = _obj(event.get("parameters"))
-    name = str(event.get("tool_name") or "tool")
-    for key in ("command", "file_path", "dir_path", "path", "pattern", "url", "query", "description"):
-        if isinstance(given.get(key), str) and given[key]:
-            return f"→ {name}: {'$ ' if key == 'command' else ''}{first_line(given[key])}"
-    return f"→ {name}: {first_line(json.dumps(given, ensure_ascii=False))}"
+    return int(value) if number(value) else None
 
 
 class GeminiPreset(UuidBoundPreset):

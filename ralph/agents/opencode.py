@@ -26,7 +26,9 @@ from ralph.agents.base import (
     ToolCall,
     as_text,
     end_processes_with_env,
+    first_line,
 )
+from ralph.agents.events import int_sum, number, obj
 from ralph.limits import LimitHit, reset_time, retry_after
 from ralph.process import Request, private_dirs, run
 
@@ -78,7 +80,7 @@ class OpencodeParser(StreamParser):
         if self.events == 1 and isinstance(session_id, str) and session_id:  # this attempt's session
             self.report.agent_session_id = self.binding.agent_id = session_id
         kind = event.get("type")
-        part = _obj(event.get("part"))
+        part = obj(event.get("part"))
         if kind == "text":
             text = str(part.get("text") or "")
             return (text, text) if text else (None, None)
@@ -89,36 +91,36 @@ class OpencodeParser(StreamParser):
             self._tool(event, part)
             return _tool_line(part), None
         if kind == "step_finish":
-            tokens = _obj(part.get("tokens"))
-            cache = _obj(tokens.get("cache"))
+            tokens = obj(part.get("tokens"))
+            cache = obj(tokens.get("cache"))
             # opencode splits the provider's counts: input excludes cached tokens, output excludes
             # reasoning. The totals are what was billed.
-            self.report.add_tokens(_sum(tokens.get("input"), cache.get("read"), cache.get("write")),
-                                   _sum(tokens.get("output"), tokens.get("reasoning")))
+            self.report.add_tokens(int_sum(tokens.get("input"), cache.get("read"), cache.get("write")),
+                                   int_sum(tokens.get("output"), tokens.get("reasoning")))
             cost = part.get("cost")
-            if isinstance(cost, int | float) and not isinstance(cost, bool):
+            if number(cost):
                 self.report.add_cost(cost)
             return None, None
         if kind == "error":
-            error = _obj(event.get("error"))
-            data = _obj(error.get("data"))
+            error = obj(event.get("error"))
+            data = obj(error.get("data"))
             message = f"{error.get('name') or 'Error'}: {data.get('message') or ''}".rstrip(": ")
             body = str(data.get("responseBody") or "")
             if data.get("statusCode") == 429 or "UsageLimitError" in body:  # a limit opencode gave up waiting on
-                headers = _obj(data.get("responseHeaders"))
-                self.limit = self.limit or LimitHit(_first_line(message), retry_after(headers) or reset_time(body))
+                headers = obj(data.get("responseHeaders"))
+                self.limit = self.limit or LimitHit(first_line(message), retry_after(headers) or reset_time(body))
             return f"error: {message}", message  # counts for retry.on_output ("rate limit")
         return None, None
 
 
     def _tool(self, event: dict[str, Any], part: dict[str, Any]) -> None:
         """A finished tool part (``completed`` or ``error``), with opencode's own start/end times (ms)."""
-        state = _obj(part.get("state"))
-        times = _obj(state.get("time"))
+        state = obj(part.get("state"))
+        times = obj(state.get("time"))
         at = event.get("timestamp")
         end = _seconds(times.get("end")) or _seconds(at) or time.time()
         start = _seconds(times.get("start")) or end
-        code = _obj(state.get("metadata")).get("exit")  # bash: the command's exit code
+        code = obj(state.get("metadata")).get("exit")  # bash: the command's exit code
         failed = state.get("status") == "error" or part.get("tool") == "invalid" or code not in (0, None)
         error = str(state.get("error") or (f"exit {code}" if code not in (0, None) else "failed"))
         self.tool_call(ToolCall(str(part.get("callID") or part.get("id") or ""), str(part.get("tool") or "tool"),
@@ -127,38 +129,23 @@ class OpencodeParser(StreamParser):
 
 
 def _seconds(ms: Any) -> float | None:
-    return ms / 1000 if isinstance(ms, int | float) and not isinstance(ms, bool) and ms > 0 else None
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _sum(*values: Any) -> int | None:
-    numbers = [int(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    return sum(numbers) if numbers else None
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = text.strip().split("\n", 1)[0]
-    more = len(line) > limit or "\n" in text.strip()
-    return line[:limit] + (" …" if more else "")
+    return ms / 1000 if number(ms) and ms > 0 else None
 
 
 def _tool_line(part: dict[str, Any]) -> str:
     tool = str(part.get("tool") or "tool")
-    state = _obj(part.get("state"))
-    given = _obj(state.get("input"))
+    state = obj(part.get("state"))
+    given = obj(state.get("input"))
     if tool == "bash" and isinstance(given.get("command"), str):
-        what = "$ " + _first_line(given["command"])
+        what = "$ " + first_line(given["command"])
     elif state.get("title"):
-        what = _first_line(str(state["title"]))
+        what = first_line(str(state["title"]))
     else:
-        what = _first_line(json.dumps(given, ensure_ascii=False))
+        what = first_line(json.dumps(given, ensure_ascii=False))
     line = f"→ {tool}: {what}"
     if state.get("status") == "error":
-        return f"{line} ✗ {_first_line(str(state.get('error') or 'failed'))}"
-    metadata = _obj(state.get("metadata"))
+        return f"{line} ✗ {first_line(str(state.get('error') or 'failed'))}"
+    metadata = obj(state.get("metadata"))
     code = metadata.get("exit")
     return f"{line} (exit {code})" if isinstance(code, int) and code != 0 else line
 
@@ -268,13 +255,13 @@ class OpencodePreset(Preset):
             return f"cannot write {path}: {exc.strerror}"
         code, output = self._helper(ctx, "import", str(path))
         if code != 0 or f"Imported session: {session.id}" not in output:
-            return f"`{self.name} import` failed (exit {code}): {_first_line(output) or 'no output'}"
+            return f"`{self.name} import` failed (exit {code}): {first_line(output) or 'no output'}"
         if session.run_id in self._verified:
             return None
         # Once per run: does opencode find the session again, under our title?
         code, output = self._helper(ctx, "export", session.id)
         if code != 0:
-            return f"`{self.name} export` cannot find the imported session (exit {code}): {_first_line(output)}"
+            return f"`{self.name} export` cannot find the imported session (exit {code}): {first_line(output)}"
         info = _exported_info(output)
         if info is not None and (info.get("id"), info.get("title")) != (session.id, session.title):
             return f"{self.name} exported the session as {info.get('id')!r} titled {info.get('title')!r}"

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from ralph.agents.base import (
     AgentContext,
@@ -33,6 +33,7 @@ from ralph.agents.base import (
     first_line,
     json_event,
 )
+from ralph.agents.events import int_sum, number, obj, tool_line
 from ralph.agents.opencode import PROVIDERS
 
 SESSION_VERSION = 3  # pi's session file format (CURRENT_SESSION_VERSION in pi 0.73.1)
@@ -69,7 +70,7 @@ class PiParser(StreamParser):
             self.report.agent_session_id = event["id"]
             return f"pi session {event['id']}", None
         if kind == "message_end":
-            message = _obj(event.get("message"))
+            message = obj(event.get("message"))
             if message.get("role") == "assistant":  # not the user's message: that is the prompt
                 return self._assistant(message)
             return None, None
@@ -78,7 +79,7 @@ class PiParser(StreamParser):
                               event.get("args"))
             return None, None  # the assistant message showed the call
         if kind == "tool_execution_end":
-            content = _text(_obj(event.get("result")).get("content"))
+            content = _text(obj(event.get("result")).get("content"))
             failed = bool(event.get("isError"))
             self.tool_finished(str(event.get("toolCallId") or ""), not failed, content,
                                (first_line(content) or "failed") if failed else None)
@@ -91,51 +92,27 @@ class PiParser(StreamParser):
 
     def _assistant(self, message: dict[str, Any]) -> tuple[str | None, str | None]:
         self.model = str(message["model"]) if message.get("model") else self.model
-        usage = _obj(message.get("usage"))
-        tokens_in = _sum(usage.get("input"), usage.get("cacheRead"), usage.get("cacheWrite"))
-        self.report.add_tokens(tokens_in, _sum(usage.get("output")))
-        total = _obj(usage.get("cost")).get("total")
-        if _number(total):
+        usage = obj(message.get("usage"))
+        tokens_in = int_sum(usage.get("input"), usage.get("cacheRead"), usage.get("cacheWrite"))
+        self.report.add_tokens(tokens_in, int_sum(usage.get("output")))
+        total = obj(usage.get("cost")).get("total")
+        if number(total):
             self.report.add_cost(float(total))
         blocks = [b for b in message.get("content") or [] if isinstance(b, dict)]
         said = "\n".join(str(b.get("text")) for b in blocks if b.get("type") == "text" and b.get("text"))
         shown = [said] if said else []
-        shown += [_tool_line(b) for b in blocks if b.get("type") == "toolCall"]
+        shown += [tool_line(b.get("name"), b.get("arguments"), keys=_TOOL_KEYS) for b in blocks
+                  if b.get("type") == "toolCall"]
         if message.get("stopReason") in ("error", "aborted"):
             why = str(message.get("errorMessage") or message.get("stopReason"))
             return "\n".join([*shown, f"pi: error: {first_line(why)}"]), "\n".join(filter(None, [said, why]))
         return ("\n".join(shown) or None), (said or None)
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _sum(*values: Any) -> int | None:
-    numbers = [int(v) for v in values if _number(v)]
-    return sum(numbers) if numbers else None
-
-
 def _text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(c.get("text", "")) for c in content if isinstance(c, dict) and c.get("type") == "text")
     return str(content or "")
-
-
-def _tool_line(block: dict[str, Any]) -> str:
-    given = _obj(block.get("arguments"))
-    name = str(block.get("name") or "tool")
-    for key in _TOOL_KEYS:
-        if isinstance(given.get(key), str) and given[key]:
-            what = ("$ " if key == "command" else "") + first_line(given[key])
-            break
-    else:
-        what = first_line(json.dumps(given, ensure_ascii=False))
-    return f"→ {name}: {what}"
 
 
 class PiPreset(Preset):

@@ -18,7 +18,8 @@ from typing import Any
 
 from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line
 from ralph.agents.bound import UuidBoundPreset
-from ralph.agents.claude import ClaudeParser, _obj, _sum
+from ralph.agents.claude import ClaudeParser
+from ralph.agents.events import int_sum, obj
 
 _APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
 
@@ -44,8 +45,8 @@ class QwenParser(ClaudeParser):
 
     def _result(self, event: dict[str, Any]) -> tuple[str | None, str | None]:
         # OpenAI-style usage: input_tokens already include the cached ones (Claude's do not).
-        usage = _obj(event.get("usage"))
-        self.report.add_tokens(_sum(usage.get("input_tokens")), _sum(usage.get("output_tokens")))
+        usage = obj(event.get("usage"))
+        self.report.add_tokens(int_sum(usage.get("input_tokens")), int_sum(usage.get("output_tokens")))
         turns = f" · {event['num_turns']} turns" if isinstance(event.get("num_turns"), int) else ""
         if event.get("is_error"):
             why = str(event.get("result") or event.get("subtype") or "error")

@@ -3,8 +3,7 @@ tests/support/npm.py) against a scripted Anthropic Messages API on 127.0.0.1, dr
 ``ralph run``. The model's turns make Claude's Bash tool run tests/support/agent_probe.py, which
 reports the env the tool saw and the argv and env of the ``claude`` process above it.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
@@ -12,33 +11,38 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import PY, ROOT, ralph, write_loop
+from helpers import ralph
+from tests.support import agent_probe
 from tests.support.agent_probe import probes
 from tests.support.claude import claude_env
-from tests.support.npm import NpmUnavailable, ensure_claude
+from tests.support.npm import ensure_claude
+from tests.support.preset_runs import (
+    PROMISE,
+    assert_a_named_promise_claims_nothing,
+    assert_bin_not_executable,
+    assert_needs_binary,
+    assert_session_env,
+    bound_uuid,
+    events,
+    installed,
+    preset_loop,
+    sessions,
+    show,
+    two_iterations,
+)
 from tests.support.scripted_llm import ScriptedLLM, error, text, tool_use, usage_limit
 
-PROBE = ROOT / "tests" / "support" / "agent_probe.py"
-PROMISE = "<promise>COMPLETE</promise>"
 MODEL = "claude-sonnet-4-5"
-NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
 
 
 @pytest.fixture(scope="session")
 def claude_bin() -> Path:
-    try:
-        return ensure_claude()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"claude not available: {e}")
-        pytest.fail(f"could not install claude: {e}")
+    return installed(ensure_claude, "claude")
 
 
 @pytest.fixture
@@ -51,42 +55,11 @@ def on_path(claude_bin: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def probe(claude_bin: Path) -> object:
-    return tool_use("Bash", {"command": f"{PY} {PROBE} {claude_bin}", "description": "Report the session env"})
+    return tool_use("Bash", {"command": agent_probe.command(claude_bin), "description": "Report the session env"})
 
 
 def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
-    (tmp_path / "work").mkdir(exist_ok=True)
-    extra = "\n          ".join(agent_keys)
-    return write_loop(tmp_path, f"""
-        name: claude-test
-        title: "Claude test #{{iteration}}"
-        workdir: work
-        agent:
-          preset: claude
-          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test"
-          model: {MODEL}
-          args: ["--allowedTools", "Bash"]
-          {extra}
-        until:
-          max_iterations: 5
-          {until}
-        """)
-
-
-def sessions() -> list[dict]:
-    result = ralph("sessions", "--json")
-    assert result.returncode == 0, result.stderr
-    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
-
-
-def show(session_id: str) -> dict:
-    result = ralph("show", session_id, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def events(log_path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+    return preset_loop(tmp_path, until, *agent_keys, preset="claude", model=MODEL, args=["--allowedTools", "Bash"])
 
 
 def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
@@ -96,19 +69,13 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
     capture = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}  # content in the spans, on request
     with ScriptedLLM(turns, wire="anthropic") as api:
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url), **capture})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "success condition held" in result.stdout + result.stderr
-
-    # The prompt reached the model (on stdin), with --model; one scripted turn per request.
-    assert len(api.scripted_requests) == 4
-    assert {r["model"] for r in api.scripted_requests} == {MODEL}
+    # The prompt reached the model (on stdin), with --model; one scripted turn per request; the
+    # promise of iteration 2 ended the loop.
+    rows = two_iterations(result, api, 4, MODEL)
     first_user = json.dumps(api.scripted_requests[0]["messages"][0])
     assert "Iteration 1 of claude-test: fix the next failing test" in first_user
-
-    rows = sessions()
-    assert [r["status"] for r in rows] == ["ok", "complete"]  # the promise of iteration 2 ended the loop
     for number, row in enumerate(rows, 1):
-        claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        claude_id = bound_uuid(row["id"])
         assert row["agent_session_id"] == claude_id
         detail = show(row["id"])
         (step,) = detail["steps"]
@@ -152,12 +119,7 @@ def test_two_iterations_with_the_real_claude(claude_bin: Path, on_path: dict[str
                                  "--verbose", "--session-id", claude_id, "--model", MODEL,
                                  "--allowedTools", "Bash"]
         traceparent = f"00-{row['trace_id']}-{step['span_id']}-"  # the agent step's span; flags vary
-        for env in (agent["env"], report["tool_env"]):  # the agent's own env, and what its Bash tool saw
-            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
-            assert env["OPENCODE_SESSION_TITLE"] == f"Claude test #{number}"
-            assert env["RALPH_ITERATION"] == str(number)
-            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
-            assert env["TRACEPARENT"].startswith(traceparent)
+        assert_session_env(report, row, f"Claude test #{number}", number, traceparent)
 
     # The console shows a readable rendering, not raw JSON.
     assert "→ Bash: $ " in result.stdout and "One test fixed, more to go." in result.stdout
@@ -188,7 +150,7 @@ def test_a_retry_resumes_the_same_claude_session(claude_bin: Path, on_path: dict
         result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
-    claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    claude_id = bound_uuid(row["id"])
     assert row["status"] == "complete" and row["agent_session_id"] == claude_id
     steps = show(row["id"])["steps"]
     assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
@@ -215,7 +177,7 @@ def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Pat
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
     (row,) = sessions()
-    claude_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    claude_id = bound_uuid(row["id"])
     assert row["status"] == "complete" and row["agent_session_id"] == claude_id
     steps = show(row["id"])["steps"]
     assert [(s["attempt"], s["exit_code"]) for s in steps] == [(1, 1), (2, 0)]
@@ -226,26 +188,15 @@ def test_a_rate_limit_pauses_and_resumes_the_same_claude_session(claude_bin: Pat
 def test_a_prompt_naming_the_promise_claims_nothing(claude_bin: Path, on_path: dict[str, str], tmp_path: Path) -> None:
     # The claude CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="anthropic") as api:
-        result = ralph("run", str(loop), env={**on_path, **claude_env(tmp_path, api.base_url)})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert [r["status"] for r in sessions()] == ["ok", "complete"]
-    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+    assert_a_named_promise_claims_nothing(loop, "anthropic", lambda api: {**on_path, **claude_env(tmp_path, api.base_url)})
 
 
 def test_a_missing_claude_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the claude preset needs `claude` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()  # nothing ran
+    assert_needs_binary(loop, "claude", tmp_path, isolated)
 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: ./tools/claude")
-    result = ralph("run", str(loop))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "'./tools/claude' is not an executable file" in result.stderr and "agent.bin" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_bin_not_executable(loop, "./tools/claude", isolated)
 
 
 def test_the_parser_pairs_tool_use_with_tool_result_and_fails_an_unanswered_call() -> None:

@@ -4,29 +4,38 @@ against a scripted OpenAI Responses API on 127.0.0.1 (a ``model_provider`` in an
 tool (``exec_command``) run tests/support/agent_probe.py, which reports the env the tool saw and
 the argv and env of the ``codex`` process above it.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import PY, ROOT, ralph, write_loop
-from tests.support.agent_probe import probes
+from helpers import PY, ralph
+from tests.support import agent_probe
+from tests.support.agent_probe import PROBE, probes
 from tests.support.codex import codex_env
-from tests.support.npm import NpmUnavailable, ensure_codex
+from tests.support.npm import ensure_codex
+from tests.support.preset_runs import (
+    PROMISE,
+    assert_a_named_promise_claims_nothing,
+    assert_bin_not_executable,
+    assert_needs_binary,
+    assert_session_env,
+    events,
+    installed,
+    preset_loop,
+    sessions,
+    show,
+    two_iterations,
+)
 from tests.support.scripted_llm import ScriptedLLM, error, exec_command, text, usage_limit
 
-PROBE = ROOT / "tests" / "support" / "agent_probe.py"
-PROMISE = "<promise>COMPLETE</promise>"
 MODEL = "scripted-model"
 # Codex's default sandbox runs commands in a PID namespace of their own, where the probe cannot see
 # the codex process above it; the tests turn it off (the args pass through as given).
@@ -35,51 +44,15 @@ ARGS = ["--skip-git-repo-check", "--sandbox", "danger-full-access"]
 
 @pytest.fixture(scope="session")
 def codex_bin() -> Path:
-    try:
-        return ensure_codex()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"codex not available: {e}")
-        pytest.fail(f"could not install codex: {e}")
+    return installed(ensure_codex, "codex")
 
 
 def probe(codex_bin: Path) -> object:
-    return exec_command(f"{PY} {PROBE} {codex_bin}")
+    return exec_command(agent_probe.command(codex_bin))
 
 
 def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
-    (tmp_path / "work").mkdir(exist_ok=True)
-    extra = "\n          ".join(agent_keys)
-    return write_loop(tmp_path, f"""
-        name: codex-test
-        title: "Codex test #{{iteration}}"
-        workdir: work
-        agent:
-          preset: codex
-          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test"
-          model: {MODEL}
-          args: {json.dumps(ARGS)}
-          {extra}
-        until:
-          max_iterations: 5
-          {until}
-        """)
-
-
-def sessions() -> list[dict]:
-    result = ralph("sessions", "--json")
-    assert result.returncode == 0, result.stderr
-    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
-
-
-def show(session_id: str) -> dict:
-    result = ralph("show", session_id, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def events(log_path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+    return preset_loop(tmp_path, until, *agent_keys, preset="codex", model=MODEL, args=ARGS)
 
 
 def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> None:
@@ -88,16 +61,10 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
              probe(codex_bin), exec_command("echo failing-command; exit 3"), text(f"All tests pass. {PROMISE}")]
     with ScriptedLLM(turns, wire="responses") as api:
         result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url, "another-model"))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "success condition held" in result.stdout + result.stderr
-
-    # The prompt reached the model (on stdin, via "-"), with --model over the config's default.
-    assert len(api.scripted_requests) == 5
-    assert {r["model"] for r in api.scripted_requests} == {MODEL}
+    # The prompt reached the model (on stdin, via "-"), with --model over the config's default; the
+    # promise of iteration 2 ended the loop.
+    rows = two_iterations(result, api, 5, MODEL)
     assert "Iteration 1 of codex-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["input"])
-
-    rows = sessions()
-    assert [r["status"] for r in rows] == ["ok", "complete"]  # the promise of iteration 2 ended the loop
     threads = set()
     for number, row in enumerate(rows, 1):
         detail = show(row["id"])
@@ -135,12 +102,7 @@ def test_two_iterations_with_the_real_codex(codex_bin: Path, tmp_path: Path) -> 
         agent = report["agent"]
         assert agent["argv"] == [str(codex_bin), "exec", "--json", "--model", MODEL, *ARGS, "-"]
         traceparent = f"00-{row['trace_id']}-{step['span_id']}-"  # the agent step's span; flags vary
-        for env in (agent["env"], report["tool_env"]):  # the agent's own env, and what its shell tool saw
-            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
-            assert env["OPENCODE_SESSION_TITLE"] == f"Codex test #{number}"
-            assert env["RALPH_ITERATION"] == str(number)
-            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
-            assert env["TRACEPARENT"].startswith(traceparent)
+        assert_session_env(report, row, f"Codex test #{number}", number, traceparent)
     assert len(threads) == 2  # a fresh thread per session
 
     # The console shows a readable rendering, not raw JSON.
@@ -193,23 +155,12 @@ def test_a_usage_limit_pauses_until_its_reset_and_resumes_the_thread(codex_bin: 
 def test_a_prompt_naming_the_promise_claims_nothing(codex_bin: Path, tmp_path: Path) -> None:
     # The codex CLI's echo of the user message (if any) and the prompt's own lines never count.
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', f"bin: {codex_bin}")
-    loop.write_text(loop.read_text().replace("fix the next failing test", f"fix it, then say {PROMISE}"))
-    with ScriptedLLM([text("Working on it."), text(f"Done. {PROMISE}")], wire="responses") as api:
-        result = ralph("run", str(loop), env=codex_env(tmp_path, api.base_url))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert [r["status"] for r in sessions()] == ["ok", "complete"]
-    assert f"then say {PROMISE}" in json.dumps(api.scripted_requests[0])
+    assert_a_named_promise_claims_nothing(loop, "responses", lambda api: codex_env(tmp_path, api.base_url))
 
 
 def test_a_missing_codex_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the codex preset needs `codex` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()  # nothing ran
+    assert_needs_binary(loop, "codex", tmp_path, isolated)
 
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"', "bin: /nonexistent/codex")
-    result = ralph("run", str(loop))
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "'/nonexistent/codex' is not an executable file" in result.stderr and "agent.bin" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_bin_not_executable(loop, "/nonexistent/codex", isolated)

@@ -2,28 +2,31 @@
 tests/support/copilot.py) in offline mode against the scripted OpenAI-compatible server
 (tests/support/scripted_llm.py), driven by a real ``ralph run``.
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.copilot import CopilotParser, copilot_session_id, last_run_usage
 from tests.support.copilot import copilot_env, ensure_copilot
-from tests.support.npm import NpmUnavailable
+from tests.support.preset_runs import (
+    agent_step_spans,
+    assert_interrupt_ends_tool,
+    assert_needs_binary,
+    assert_tool_span,
+    installed,
+    stored_sessions,
+    tool_attributes,
+)
 from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted-model"
@@ -32,16 +35,7 @@ PROMISE = "<promise>COMPLETE</promise>"
 
 @pytest.fixture(scope="session")
 def copilot_bin() -> Path:
-    try:
-        return ensure_copilot()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"copilot not available: {e}")
-        pytest.fail(f"could not install copilot: {e}")
-
-
-def sessions(state: Path) -> list[dict[str, Any]]:
-    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
+    return installed(ensure_copilot, "copilot")
 
 
 @pytest.mark.slow
@@ -81,7 +75,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success condition held" in result.stdout
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["status"] for r in rows] == ["ok", "complete"]
     assert {r["model"] for r in srv.requests} == {MODEL}  # --model over $COPILOT_MODEL
     # The prompt went on stdin, verbatim (a leading "-" is no option); the retry continued the
@@ -108,8 +102,7 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     # GenAI / OpenInference on the agent steps, tokens included (read from Copilot's log at its
     # result event); the bash call a child span of the attempt that made it (attempt 2), no content.
     all_spans = spans(isolated)
-    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
-                   if s["name"] == "ralph.step"}
+    agent_spans = agent_step_spans(all_spans)
     retried = agent_spans[(rows[0]["id"], "2")]
     a = retried["attrs"]
     assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
@@ -123,14 +116,9 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
     # iteration 2's `exit 3`: a failed call (Copilot says success, the shell's exit code says no)
     assert failing["parentSpanId"] == agent_spans[(rows[1]["id"], "1")]["spanId"]
     assert failing["status"]["code"] in (2, "STATUS_CODE_ERROR") and failing["status"]["message"] == "the tool failed"
-    assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
-    assert tool["attrs"] == {
-        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
-        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
-        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
-    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
-    assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
-        <= int(retried["endTimeUnixNano"])
+    assert_tool_span(tool, "bash", retried)
+    # no content: that is asked for
+    assert tool["attrs"] == tool_attributes("bash", start["toolCallId"], rows[0]["id"])
     for words in ("RALPH_ATTEMPT", "failing-command"):  # commands and their output are content
         assert words not in (isolated / "traces.jsonl").read_text()
 
@@ -139,35 +127,17 @@ def test_copilot_runs_each_iteration_in_a_session_bound_to_ralphs(copilot_bin: P
 def test_an_interrupt_ends_copilot_and_what_its_shell_tool_started(copilot_bin: Path, tmp_path: Path,
                                                                   isolated: Path) -> None:
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: copilot-interrupt
         workdir: work
         agent: {{preset: copilot, bin: {copilot_bin}, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **copilot_env(tmp_path, srv.base_url)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert not alive(tool)
-    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+    assert_interrupt_ends_tool(tmp_path, loop, isolated, lambda srv: copilot_env(tmp_path, srv.base_url))
 
 
 def test_a_missing_copilot_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = write_loop(tmp_path, "name: c\nagent: {preset: copilot, prompt: hi}\n")
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the copilot preset needs `copilot` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_needs_binary(loop, "copilot", tmp_path, isolated)
 
 
 # Events as Copilot CLI 1.0.102 printed them, trimmed.

@@ -6,35 +6,25 @@ by the loop file."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import PY, ROOT, ralph, write_loop
+from helpers import ralph, write_loop
 from tests.support.agent_probe import probes
-from tests.support.node_agents import gemini_env, node
-from tests.support.npm import NpmUnavailable, ensure_gemini
-from tests.support.scripted_llm import ScriptedLLM, shell, text
+from tests.support.node_agents import gemini_env, node_probe
+from tests.support.npm import ensure_gemini
+from tests.support.preset_runs import PROMISE, bound_uuid, installed, sessions, show
+from tests.support.scripted_llm import ScriptedLLM, text
 
 pytestmark = pytest.mark.slow
 
-PROBE = ROOT / "tests" / "support" / "agent_probe.py"
-PROMISE = "<promise>COMPLETE</promise>"
 MODEL = "gemini-2.5-flash"
-NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
 
 
 @pytest.fixture(scope="session")
 def gemini_bin() -> Path:
-    try:
-        return ensure_gemini()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"gemini not available: {e}")
-        pytest.fail(f"could not install gemini: {e}")
+    return installed(ensure_gemini, "gemini")
 
 
 def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolated: Path) -> None:
@@ -64,19 +54,18 @@ def test_gemini_wired_in_the_loop_file(gemini_bin: Path, tmp_path: Path, isolate
           max_iterations: 3
           output_contains: "{PROMISE}"
         """)
-    turns = [shell(f"{PY} {PROBE} {node()}"), text("Not yet."),
-             shell(f"{PY} {PROBE} {node()}"), text(f"All tests pass. {PROMISE}")]
+    turns = [node_probe(), text("Not yet."), node_probe(), text(f"All tests pass. {PROMISE}")]
     with ScriptedLLM(turns, wire="gemini") as api:
         result = ralph("run", str(loop), env=gemini_env(tmp_path, gemini_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = sorted(json.loads(ralph("sessions", "--json").stdout), key=lambda s: s["iteration"])
+    rows = sessions()
     # The echoed prompt names the promise but is no assistant text; deltas are joined before matching.
     assert [r["status"] for r in rows] == ["ok", "complete"]
     for number, row in enumerate(rows, 1):
-        gemini_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        gemini_id = bound_uuid(row["id"])
         assert row["agent_session_id"] == gemini_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)
-        detail = json.loads(ralph("show", row["id"], "--json").stdout)
+        detail = show(row["id"])
         (step,) = detail["steps"]
         # The tool pointers: the shell call a child span of the agent step, without content.
         (use,) = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()

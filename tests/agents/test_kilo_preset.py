@@ -3,18 +3,15 @@ tests/support/kilo.py) against the scripted OpenAI-compatible server (tests/supp
 driven by a real ``ralph run``. Kilo is an opencode fork: the preset is the opencode one under
 another name, so these check what Kilo itself must do for it (import, run --session, events).
 
-Needs npm (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With CI set,
-failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from handshake import alive, db_rows, spans
@@ -22,7 +19,7 @@ from handshake import alive, db_rows, spans
 from helpers import PY, ralph, write_loop
 from tests.agents.test_opencode_preset import FAKE_OPENCODE
 from tests.support.kilo import ensure_kilo, kilo_env
-from tests.support.npm import NpmUnavailable
+from tests.support.preset_runs import agent_step_spans, assert_needs_binary, installed, stored_sessions
 from tests.support.scripted_llm import ScriptedLLM, bash, error, text
 
 MODEL = "scripted/scripted-model"
@@ -32,20 +29,11 @@ STEP_COST = (100 * 3.0 + 20 * 15.0) / 1_000_000  # kilo_env's prices; the server
 
 @pytest.fixture(scope="session")
 def kilo_bin() -> Path:
-    try:
-        return ensure_kilo()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"kilo not available: {e}")
-        pytest.fail(f"could not install kilo: {e}")
+    return installed(ensure_kilo, "kilo")
 
 
 def env_for(tmp_path: Path, srv: ScriptedLLM, kilo_bin: Path) -> dict[str, str]:
     return {**kilo_env(tmp_path, srv.base_url, MODEL), "PATH": f"{kilo_bin.parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def sessions(state: Path) -> list[dict[str, Any]]:
-    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
 
 
 def kilo_sessions(kilo_bin: Path, env: dict[str, str], workdir: Path) -> dict[str, str]:
@@ -95,7 +83,7 @@ def test_kilo_runs_each_iteration_in_a_kilo_session_that_is_ralphs(kilo_bin: Pat
     assert "warning" not in result.stderr, result.stderr
     assert "success condition held" in result.stdout
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["status"] for r in rows] == ["ok", "complete"]
     assert srv.aux_requests == []  # the sessions had their titles already
     # the retry continued the same session: attempt 1's prompt is in its request as well as its own
@@ -121,8 +109,7 @@ def test_kilo_runs_each_iteration_in_a_kilo_session_that_is_ralphs(kilo_bin: Pat
     # The opencode preset's spans: provider and model from `provider/model`, each bash call a child
     # span of the attempt that made it, at Kilo's own times, its command and output captured.
     all_spans = spans(isolated)
-    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
-                   if s["name"] == "ralph.step"}
+    agent_spans = agent_step_spans(all_spans)
     tools = sorted((s for s in all_spans if s["name"].startswith("execute_tool")),
                    key=lambda s: int(s["startTimeUnixNano"]))
     made_by = [(rows[0]["id"], "2", "agent.attempt2.log"), (rows[1]["id"], "1", "agent.log")]
@@ -148,10 +135,7 @@ def test_kilo_runs_each_iteration_in_a_kilo_session_that_is_ralphs(kilo_bin: Pat
 
 def test_a_missing_kilo_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = write_loop(tmp_path, "name: k\nagent: {preset: kilo, prompt: hi}\n")
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the kilo preset needs `kilo` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_needs_binary(loop, "kilo", tmp_path, isolated)
 
 
 def test_a_kilo_that_cannot_be_bound_runs_with_title_and_says_so_as_kilo(tmp_path: Path, isolated: Path) -> None:
@@ -170,7 +154,7 @@ def test_a_kilo_that_cannot_be_bound_runs_with_title_and_says_so_as_kilo(tmp_pat
     result = ralph("run", str(loop), env={"FAKE_CALLS": str(calls), "FAKE_MODE": "not-found"})
     assert result.returncode == 0, result.stdout + result.stderr
     argvs = [json.loads(line) for line in calls.read_text().splitlines()]
-    (row,) = sessions(isolated)
+    (row,) = stored_sessions(isolated)
     assert [a[0] for a in argvs] == ["import", "export", "run", "run"]
     assert argvs[0][1].endswith("/kilo-session.json")
     assert f"--session={row['id']}" in argvs[2] and "--title=Retry #1" in argvs[3]

@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import PY, alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.opencode import IMPORT_FILE, OpencodeParser, _Binding
 from tests.support.opencode import OpencodeUnavailable, ensure_opencode, opencode_env, parse_events, run_opencode
+from tests.support.preset_runs import assert_interrupt_ends_tool, installed, stored_sessions
 from tests.support.scripted_llm import ScriptedLLM, bash, rate_limited, text
 
 MODEL = "scripted/scripted-model"
@@ -38,12 +36,7 @@ PROMISE = "<promise>COMPLETE</promise>"
 
 @pytest.fixture(scope="session")
 def opencode_bin() -> Path:
-    try:
-        return ensure_opencode()
-    except OpencodeUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"opencode not available: {e}")
-        pytest.fail(f"could not install opencode: {e}")
+    return installed(ensure_opencode, "opencode", OpencodeUnavailable)
 
 
 @pytest.fixture
@@ -57,10 +50,6 @@ def no_opencode_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def ralph_env(tmp_path: Path, srv: ScriptedLLM, binary: Path) -> dict[str, str]:
     """What ralph's process gets: an isolated opencode home pointed at ``srv``, opencode on PATH."""
     return {**opencode_env(tmp_path, srv.base_url, MODEL), "PATH": f"{binary.parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def sessions(state: Path) -> list[dict[str, Any]]:
-    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
 
 
 def tool_env(body: dict[str, Any]) -> dict[str, str]:
@@ -119,7 +108,7 @@ def test_each_iteration_runs_in_an_opencode_session_that_is_ralphs(
     assert "warning" not in result.stderr, result.stderr
     assert "success condition held" in result.stdout
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["iteration"] for r in rows] == [1, 2, 3]
     assert [r["status"] for r in rows] == ["ok", "ok", "complete"]
     assert srv.aux_requests == []  # the sessions already had their titles: no title generation
@@ -256,7 +245,7 @@ def test_without_binding_it_falls_back_to_title_records_opencodes_ids_and_max_co
     assert "max_cost_usd" in result.stdout
     assert result.stderr.count("warning: opencode: cannot bind its session") == 1, result.stderr
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["iteration"] for r in rows] == [1, 2]  # 2 x 0.0006 >= 0.001
     invocations = [c.splitlines() for c in calls.read_text().split("--\n") if c]
     assert [c[0] for c in invocations] == ["import", "run", "run"]  # a failed binding is not retried in the run
@@ -280,27 +269,12 @@ def test_an_interrupt_ends_opencode_and_what_its_bash_tool_started(
 ) -> None:
     """The bash tool runs in its own session: ending opencode's process group misses it."""
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: oc-interrupt
         workdir: work
         agent: {{preset: opencode, model: {MODEL}, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **ralph_env(tmp_path, srv, opencode_bin)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert not alive(tool)
-    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+    assert_interrupt_ends_tool(tmp_path, loop, isolated, lambda srv: ralph_env(tmp_path, srv, opencode_bin))
 
 
 # -- no opencode needed --------------------------------------------------------------------------
@@ -328,7 +302,7 @@ def test_a_rate_limit_opencode_gives_up_on_pauses_the_loop_and_continues_the_ses
         result = ralph("run", str(loop), env=ralph_env(tmp_path, srv, opencode_bin), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"^\[1 agent\] paused until \d\d:\d\d:\d\d \(usage limit\)$", result.stdout, re.M), result.stdout
-    (row,) = sessions(isolated)
+    (row,) = stored_sessions(isolated)
     assert row["status"] == "complete" and row["agent_session_id"] == row["id"]
     steps = db_rows(isolated, "SELECT attempt, exit_code FROM steps ORDER BY id")
     assert [s["attempt"] for s in steps] == [1, 2] and steps[1]["exit_code"] == 0
@@ -414,7 +388,7 @@ def test_retries_stay_in_the_iterations_session_and_a_lost_binding_falls_back(
     result = ralph("run", str(loop), env={"FAKE_CALLS": str(calls), "FAKE_MODE": mode})
     assert result.returncode == 0, result.stdout + result.stderr
     argvs = [json.loads(line) for line in calls.read_text().splitlines()]
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     first, second = rows[0]["id"], rows[1]["id"]
     binding = [a for argv in argvs for a in argv if a.startswith(("--session=", "--title="))]
     if mode == "not-found":

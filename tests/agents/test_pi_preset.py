@@ -2,28 +2,31 @@
 tests/support/pi.py) against the scripted OpenAI-compatible server (tests/support/scripted_llm.py,
 declared in an isolated ``~/.pi/agent/models.json``), driven by a real ``ralph run``.
 
-Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
-CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm and node: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
-from handshake import PY, alive, db_rows, spans, wait_for_text
+from handshake import alive, db_rows, spans
 
 from helpers import ralph, write_loop
 from ralph.agents.base import AgentReport
 from ralph.agents.pi import PiParser, sessions_dir
-from tests.support.npm import NpmUnavailable
 from tests.support.pi import ensure_pi, pi_env
+from tests.support.preset_runs import (
+    agent_step_spans,
+    assert_interrupt_ends_tool,
+    assert_needs_binary,
+    assert_tool_span,
+    events,
+    installed,
+    stored_sessions,
+    tool_attributes,
+)
 from tests.support.scripted_llm import ScriptedLLM, bash, text
 
 MODEL = "scripted/scripted-model"
@@ -33,20 +36,7 @@ STEP_COST = (100 * 3.0 + 20 * 15.0) / 1_000_000  # pi_env's prices; the server's
 
 @pytest.fixture(scope="session")
 def pi_bin() -> Path:
-    try:
-        return ensure_pi()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"pi not available: {e}")
-        pytest.fail(f"could not install pi: {e}")
-
-
-def sessions(state: Path) -> list[dict[str, Any]]:
-    return db_rows(state, "SELECT * FROM sessions ORDER BY iteration")
-
-
-def events(path: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.startswith("{")]
+    return installed(ensure_pi, "pi")
 
 
 @pytest.mark.slow
@@ -85,7 +75,7 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     assert "warning" not in result.stderr, result.stderr
     assert "success condition held" in result.stdout
 
-    rows = sessions(isolated)
+    rows = stored_sessions(isolated)
     assert [r["status"] for r in rows] == ["ok", "complete"]
     steps = db_rows(isolated, "SELECT session_id, attempt, status, log_path FROM steps WHERE name = 'agent' "
                               "ORDER BY id")
@@ -116,8 +106,7 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     # GenAI / OpenInference on the agent steps (pi's provider/model split as opencode's); the bash
     # call a child span of the attempt that made it (attempt 2), no content.
     all_spans = spans(isolated)
-    agent_spans = {(s["attrs"]["session.id"], s["attrs"]["ralph.attempt"]): s for s in all_spans
-                   if s["name"] == "ralph.step"}
+    agent_spans = agent_step_spans(all_spans)
     retried = agent_spans[(rows[0]["id"], "2")]
     a = retried["attrs"]
     assert (a["openinference.span.kind"], a["gen_ai.provider.name"], a["gen_ai.request.model"],
@@ -125,14 +114,9 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
     assert (int(a["gen_ai.usage.input_tokens"]), int(a["gen_ai.usage.output_tokens"])) == (200, 40)
     (tool,) = [s for s in all_spans if s["name"].startswith("execute_tool")]
     (start,) = [e for e in events(steps[1]["log_path"]) if e["type"] == "tool_execution_start"]
-    assert tool["name"] == "execute_tool bash" and tool["parentSpanId"] == retried["spanId"]
-    assert tool["attrs"] == {
-        "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "bash",
-        "tool.name": "bash", "gen_ai.tool.call.id": start["toolCallId"], "session.id": rows[0]["id"],
-        "gen_ai.conversation.id": rows[0]["id"]}  # no content: that is asked for
-    assert tool.get("status", {}).get("code") in (None, 0, "STATUS_CODE_UNSET")
-    assert int(retried["startTimeUnixNano"]) <= int(tool["startTimeUnixNano"]) <= int(tool["endTimeUnixNano"]) \
-        <= int(retried["endTimeUnixNano"])
+    assert_tool_span(tool, "bash", retried)
+    # no content: that is asked for
+    assert tool["attrs"] == tool_attributes("bash", start["toolCallId"], rows[0]["id"])
     assert "RALPH_ATTEMPT" not in (isolated / "traces.jsonl").read_text()  # the command is content
 
 
@@ -140,35 +124,17 @@ def test_pi_runs_each_iteration_in_a_pi_session_that_is_ralphs(pi_bin: Path, tmp
 def test_an_interrupt_ends_pi_and_what_its_shell_tool_started(pi_bin: Path, tmp_path: Path,
                                                                   isolated: Path) -> None:
     (tmp_path / "work").mkdir()
-    pidfile = tmp_path / "tool.pid"
     loop = write_loop(tmp_path, f"""
         name: pi-interrupt
         workdir: work
         agent: {{preset: pi, bin: {pi_bin}, model: scripted/scripted-model, prompt: "Run the slow tests"}}
         """)
-    with ScriptedLLM([bash(f"sh -c 'echo $$ > {pidfile}; exec sleep 300'", "Slow tests"), "done"]) as srv:
-        env = {**os.environ, **pi_env(tmp_path, srv.base_url)}
-        out = tmp_path / "ralph.out"
-        with open(out, "w") as fh:
-            proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop)], env=env, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            tool = int(wait_for_text(pidfile, "\n", timeout=300))  # the tool is running
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=120) == 130, out.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert not alive(tool)
-    assert [r["status"] for r in sessions(isolated)] == ["interrupted"]
+    assert_interrupt_ends_tool(tmp_path, loop, isolated, lambda srv: pi_env(tmp_path, srv.base_url))
 
 
 def test_a_missing_pi_is_a_usage_error(tmp_path: Path, isolated: Path) -> None:
     loop = write_loop(tmp_path, "name: p\nagent: {preset: pi, prompt: hi}\n")
-    result = ralph("run", str(loop), env={"PATH": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "the pi preset needs `pi` on PATH (or set agent.bin)" in result.stderr
-    assert not (isolated / "ralph.db").exists()
+    assert_needs_binary(loop, "pi", tmp_path, isolated)
 
 
 # Events as pi 0.73.1 printed them, trimmed.

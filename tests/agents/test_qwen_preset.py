@@ -4,109 +4,64 @@ tests/support/npm.py) against a scripted OpenAI-compatible API on 127.0.0.1
 tool (``run_shell_command``) run tests/support/agent_probe.py, which reports the env the tool saw
 and the argv and env of the qwen (node) process above it.
 
-Needs npm and node (the CLI is installed once into $RALPH_TEST_CACHE or ~/.cache/ralph-tests). With
-CI set, failing to install it fails these tests; without CI they are skipped only when npm is absent.
+Needs npm and node: tests/support/preset_runs.py ``installed`` says when a failed install skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import pytest
+from handshake import alive
 
-from helpers import PY, ROOT, ralph, write_loop
+from helpers import ralph
 from tests.support.agent_probe import probes
-from tests.support.node_agents import node, qwen_env
-from tests.support.npm import NpmUnavailable, ensure_qwen
-from tests.support.scripted_llm import ScriptedLLM, Turn, offers_no_tools, shell, text
+from tests.support.node_agents import node_probe, qwen_env
+from tests.support.npm import ensure_qwen
+from tests.support.preset_runs import (
+    PROMISE,
+    assert_session_env,
+    bound_uuid,
+    events,
+    installed,
+    leave_running,
+    preset_loop,
+    sessions,
+    show,
+    tool_attributes,
+    two_iterations,
+)
+from tests.support.scripted_llm import ScriptedLLM, offers_no_tools, text
 
 pytestmark = pytest.mark.slow  # node start-up and the CLI's own: seconds per attempt
 
-PROBE = ROOT / "tests" / "support" / "agent_probe.py"
-PROMISE = "<promise>COMPLETE</promise>"
 MODEL = "qwen3-coder-plus"
-NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")  # ralph/agents/claude.py: fixed forever
 ARGS = ["--auth-type", "openai"]
 
 
 @pytest.fixture(scope="session")
 def qwen_bin() -> Path:
-    try:
-        return ensure_qwen()
-    except NpmUnavailable as e:
-        if not os.environ.get("CI") and shutil.which("npm") is None:
-            pytest.skip(f"qwen not available: {e}")
-        pytest.fail(f"could not install qwen: {e}")
-
-
-def probe(then: str = "") -> Turn:
-    return shell(f"{PY} {PROBE} {node()}{then}")
+    return installed(ensure_qwen, "qwen")
 
 
 def loop_file(tmp_path: Path, until: str, *agent_keys: str) -> Path:
-    (tmp_path / "work").mkdir(exist_ok=True)
-    extra = "\n          ".join(agent_keys)
-    return write_loop(tmp_path, f"""
-        name: qwen-test
-        title: "Qwen test #{{iteration}}"
-        workdir: work
-        agent:
-          preset: qwen
-          prompt: "Iteration {{iteration}} of {{loop}}: fix the next failing test, then say {PROMISE}"
-          model: {MODEL}
-          args: {json.dumps(ARGS)}
-          {extra}
-        until:
-          max_iterations: 5
-          {until}
-        """)
-
-
-def sessions() -> list[dict]:
-    result = ralph("sessions", "--json")
-    assert result.returncode == 0, result.stderr
-    return sorted(json.loads(result.stdout), key=lambda s: s["iteration"])
-
-
-def show(session_id: str) -> dict:
-    result = ralph("show", session_id, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+    return preset_loop(tmp_path, until, *agent_keys, preset="qwen", model=MODEL, args=ARGS,
+                       prompt_tail=f", then say {PROMISE}")
 
 
 def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isolated: Path) -> None:
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"')
     pidfile = tmp_path / "sleeper.pid"
-    leave = (f"; setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' >/dev/null 2>&1 & "
-             f"until [ -s {pidfile} ]; do sleep 0.05; done")  # the tool returns once it runs
-    turns = [probe(leave), text("One test fixed, more to go."), probe(), text(f"All tests pass. {PROMISE}")]
+    turns = [node_probe(leave_running(pidfile)), text("One test fixed, more to go."), node_probe(),
+             text(f"All tests pass. {PROMISE}")]
     with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "success condition held" in result.stdout + result.stderr
-
-    assert len(api.scripted_requests) == 4
-    assert {r["model"] for r in api.scripted_requests} == {MODEL}
-    assert "Iteration 1 of qwen-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["messages"])
-
-    rows = sessions()
     # The prompt names the promise; only the model's text counts, so iteration 1 did not complete.
-    assert [r["status"] for r in rows] == ["ok", "complete"]
+    rows = two_iterations(result, api, 4, MODEL)
+    assert "Iteration 1 of qwen-test: fix the next failing test" in json.dumps(api.scripted_requests[0]["messages"])
     for number, row in enumerate(rows, 1):
-        qwen_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+        qwen_id = bound_uuid(row["id"])
         assert row["agent_session_id"] == qwen_id
         assert (row["tokens_in"], row["tokens_out"]) == (200, 40)  # 2 requests x 100 in / 20 out
         assert row["cost_usd"] is None  # Qwen Code reports none
@@ -119,27 +74,20 @@ def test_two_iterations_with_the_real_qwen(qwen_bin: Path, tmp_path: Path, isola
         assert (a["openinference.span.kind"], a["gen_ai.request.model"], a["gen_ai.response.model"]) == (
             "AGENT", MODEL, MODEL)
         assert "gen_ai.provider.name" not in a  # whatever OpenAI-compatible endpoint Qwen Code is given
-        stream = [json.loads(line) for line in Path(step["log_path"]).read_text().splitlines()
-                  if line.startswith("{")]
+        stream = events(step["log_path"])
         (use,) = [b for e in stream if e["type"] == "assistant" for b in e["message"]["content"]
                   if b["type"] == "tool_use"]
         (tool,) = [s for s in detail["spans"] if s["name"].startswith("execute_tool")]
         assert tool["name"] == "execute_tool run_shell_command" and tool["status"] == "unset"
         assert tool["parent_id"] == agent_span["span_id"]
-        assert tool["attributes"] == {
-            "openinference.span.kind": "TOOL", "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": "run_shell_command", "tool.name": "run_shell_command",
-            "gen_ai.tool.call.id": use["id"], "session.id": row["id"], "gen_ai.conversation.id": row["id"]}
+        assert tool["attributes"] == tool_attributes("run_shell_command", use["id"], row["id"])
         assert agent_span["start"] <= tool["start"] <= tool["end"] <= agent_span["end"]
         (report,) = probes(Path(step["log_path"]).read_text())
         agent = report["agent"]
         assert agent is not None, report
         at = agent["argv"].index("-o")
         assert agent["argv"][at:] == ["-o", "stream-json", "--yolo", "--session-id", qwen_id, "-m", MODEL, *ARGS]
-        for env in (agent["env"], report["tool_env"]):
-            assert env["OPENCODE_SESSION_ID"] == env["RALPH_SESSION_ID"] == row["id"]
-            assert env["OPENCODE_SESSION_TITLE"] == f"Qwen test #{number}"
-            assert env["RALPH_STEP"] == "agent" and env["RALPH_ATTEMPT"] == "1"
+        assert_session_env(report, row, f"Qwen test #{number}", number)
         # Qwen's own store keeps the session under the derived UUID.
         assert list((tmp_path / "qwen-home" / ".qwen" / "projects").glob(f"*/chats/{qwen_id}.jsonl"))
 
@@ -156,12 +104,12 @@ def test_a_retry_resumes_the_same_qwen_session(qwen_bin: Path, tmp_path: Path, i
     a second --session-id is refused ("already in use"), so attempt 2 --resumes it."""
     loop = loop_file(tmp_path, f'output_contains: "{PROMISE}"',
                      "retry: {attempts: 2, backoff: 0.1s, max_backoff: 0.1s}")
-    turns = [probe(" --kill"), probe(), text(f"Fixed. {PROMISE}")]
+    turns = [node_probe(" --kill"), node_probe(), text(f"Fixed. {PROMISE}")]
     with ScriptedLLM(turns, wire="chat", is_aux=offers_no_tools) as api:
         result = ralph("run", str(loop), env=qwen_env(tmp_path, qwen_bin, api.base_url), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = sessions()
-    qwen_id = str(uuid.uuid5(NAMESPACE, row["id"]))
+    qwen_id = bound_uuid(row["id"])
     assert row["status"] == "complete" and row["agent_session_id"] == qwen_id
     steps = show(row["id"])["steps"]
     assert [s["attempt"] for s in steps] == [1, 2]

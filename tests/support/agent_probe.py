@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 MARK = "RALPH-PROBE "
+PROBE = Path(__file__).resolve()
 KEYS = ("OPENCODE_SESSION_ID", "OPENCODE_SESSION_TITLE", "RALPH_SESSION_ID", "RALPH_SESSION_TITLE", "RALPH_RUN_ID",
         "RALPH_LOOP", "RALPH_ITERATION", "RALPH_ATTEMPT", "RALPH_STEP", "TRACEPARENT")
 
@@ -44,6 +46,12 @@ def agent_process(executable: str) -> dict[str, Any] | None:
         except OSError:
             return None
     return None
+
+
+def command(agent: str | Path, then: str = "") -> str:
+    """The shell command a scripted turn gives the agent's tool: this script about ``agent`` (the
+    agent's executable), then ``then`` (more shell text)."""
+    return f"{sys.executable} {PROBE} {agent}{then}"
 
 
 def probes(log: str) -> list[dict[str, Any]]:
