@@ -34,7 +34,7 @@ def run_pending() -> None:
     tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
     while tasks:
         tasks.pop(0)()
-    while _shared:
+    for _ in range(len(_shared)):  # those left so far: a task may leave itself again for the next child
         try:
             task = _shared.popleft()
         except IndexError:  # another thread took the last one

@@ -45,11 +45,14 @@ def test_a_spawn_does_the_waiting_work_before_it_opens_the_log(tmp_path: Path, a
 
 def test_the_previous_iteration_is_recorded_while_the_next_child_runs(tmp_path: Path, isolated: Path) -> None:
     """Iteration 1's spans, its end in the history and its run-log records are written while iteration
-    2's agent runs: that agent looks for them (and gives up after a minute, failing the test)."""
+    2's agent runs: that agent looks for them (and gives up after a minute, failing the test). (Within
+    0.25 s of the last export spans wait for a few more, as a fast loop's do: iteration 1 takes longer.)"""
     seen = tmp_path / "seen.json"
     code = f"""
 import json, os, sqlite3, time
 state, it = os.environ["RALPH_STATE_DIR"], os.environ["RALPH_ITERATION"]
+if it == "1":
+    time.sleep(0.3)
 if it == "2":
     first = os.environ["RALPH_PREVIOUS_SESSION_ID"]
     runlog = os.path.join(state, "logs", os.environ["RALPH_RUN_ID"], "ralph.jsonl")
