@@ -105,6 +105,7 @@ class Provenance:
         if self.repo is None:
             return None
         self.sv.store.flush()  # the previous iteration's end is not left waiting through git
+        self.sv.runlog.flush()
         try:
             sha, head = self._snapshot(session, span, "before")
             self.sv.store.update_session(session.id, git_before=sha, git_dir=str(self.repo.common_dir),

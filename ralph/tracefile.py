@@ -5,7 +5,7 @@ Encoding a span to OTLP JSON costs more than making it (~70 µs against ~30 µs)
 that is about to spawn the next child. Here an ended span waits, and the batch is handed to the
 exporter by the thread that next starts a child, right after it did (``ralph.meanwhile``), when the
 child runs and ralph would only wait, once ``min_batch`` spans wait or the last export was
-``min_age`` seconds ago (a fast loop's spans go 8 at a time: a batch's envelope costs a third of a
+``min_age`` seconds ago (a fast loop's spans go 32 at a time: a batch's envelope costs a third of a
 span; a loop whose iterations take longer has each one's spans written while the next one runs); or by
 the thread ending a span once the oldest waited ``max_wait`` seconds or ``max_batch`` are waiting;
 and at shutdown. The exporter and its encoding are the SDK's own.
@@ -23,7 +23,7 @@ from ralph import meanwhile
 
 
 class WhileChildrenRun(SpanProcessor):
-    def __init__(self, exporter: Any, max_batch: int = 128, max_wait: float = 1.0, min_batch: int = 8,
+    def __init__(self, exporter: Any, max_batch: int = 128, max_wait: float = 1.0, min_batch: int = 32,
                  min_age: float = 0.25) -> None:
         self._exporter, self._max_batch, self._max_wait = exporter, max_batch, max_wait
         self._min_batch, self._min_age = min_batch, min_age
