@@ -41,20 +41,21 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-# Scratch folders live beside the benchmarks, in the checkout, as a user's ``.ralph`` lives in their
-# project: on a disk, not tmpfs, and away from /tmp, where a machine running test suites deletes
+# Scratch folders live in the user's cache folder: on a disk as a user's ``.ralph`` is, not tmpfs;
+# outside any git checkout (in one, every iteration would also take git snapshots: bench_git.py
+# measures those); and away from /tmp, where a machine running test suites deletes
 # thousands of files a minute. This VM's ext4 skips each inode freed in the last minutes when it
 # hands out a new one (``recently_deleted()`` in a perf profile), so a folder and a file cost
 # 0.4-0.9 ms there against ~0.05 ms elsewhere (and for the same reason no benchmark deletes a round's
 # state before the next round: only at the end).
-SCRATCH = HERE / ".scratch"
+SCRATCH = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ralph-bench"
 
 
 @contextlib.contextmanager
 def scratch(name: str) -> Iterator[Path]:
     """A scratch folder on the same disk as a real ``.ralph`` would be (not tmpfs, not /tmp)."""
     base = Path(os.environ.get("RALPH_BENCH_DIR") or SCRATCH)
-    base.mkdir(exist_ok=True)
+    base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f"ralph-bench-{name}-", dir=base))
     try:
         yield path
