@@ -13,7 +13,7 @@ import errno
 import fcntl
 import functools
 import os
-import selectors
+import select
 import signal
 import subprocess
 import time
@@ -181,6 +181,27 @@ class _Stopper:
             self.next_at = now + self.grace if self.plan else float("inf")
 
 
+class _Poller:
+    """``select.poll`` with a tag per file descriptor: unlike an epoll selector it has no descriptor of
+    its own to make and close for every child (five system calls a child)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._tags: dict[int, str] = {}
+
+    def register(self, fd: int, tag: str, write: bool = False) -> None:
+        self._poll.register(fd, select.POLLOUT if write else select.POLLIN)
+        self._tags[fd] = tag
+
+    def unregister(self, fd: int) -> None:
+        self._poll.unregister(fd)
+        del self._tags[fd]
+
+    def select(self, timeout: float) -> list[tuple[int, str]]:
+        """Ready descriptors (a hang-up or an error counts: the read or write then says what it is)."""
+        return [(fd, self._tags[fd]) for fd, _ in self._poll.poll(timeout * 1000) if fd in self._tags]
+
+
 def _spawn_error(request: Request, exc: OSError, log_fd: int | None, on_output: Callable[[bytes], None] | None,
                  started: float) -> Outcome:
     if not request.cwd.is_dir():
@@ -238,20 +259,20 @@ def _supervise(
     with contextlib.suppress(OSError):
         fcntl.fcntl(out_fd, _F_SETPIPE_SZ, CHUNK)
     os.set_blocking(out_fd, False)
-    sel = selectors.DefaultSelector()
-    sel.register(out_fd, selectors.EVENT_READ, "out")
-    sel.register(cancel.fd, selectors.EVENT_READ, "cancel")
+    sel = _Poller()
+    sel.register(out_fd, "out")
+    sel.register(cancel.fd, "cancel")
     pidfd: int | None = None
     if hasattr(os, "pidfd_open"):
         with contextlib.suppress(OSError):
             pidfd = os.pidfd_open(proc.pid)
-            sel.register(pidfd, selectors.EVENT_READ, "exit")
+            sel.register(pidfd, "exit")
     stdin_view: memoryview | None = None
     if request.stdin is not None and proc.stdin is not None:
         stdin_view = memoryview(request.stdin)
         os.set_blocking(proc.stdin.fileno(), False)
         if stdin_view:
-            sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "in")
+            sel.register(proc.stdin.fileno(), "in", write=True)
         else:
             proc.stdin.close()
 
@@ -295,8 +316,8 @@ def _supervise(
                 wake.append(last_output + request.idle_timeout - now)
             if pidfd is None or cancel.cancelled or exited_at is not None:
                 wake.append(0.05)
-            for key, _ in sel.select(max(0.0, min([*wake, 1.0]))):
-                if key.data == "out":
+            for fd, tag in sel.select(max(0.0, min([*wake, 1.0]))):
+                if tag == "out":
                     try:
                         data = os.read(out_fd, CHUNK)
                     except BlockingIOError:
@@ -315,7 +336,7 @@ def _supervise(
                             log_error = f"cannot write {request.log_path}: {exc.strerror}"
                     if on_output is not None:
                         on_output(data)
-                elif key.data == "in":
+                elif tag == "in":
                     assert proc.stdin is not None and stdin_view is not None
                     try:
                         stdin_view = stdin_view[os.write(proc.stdin.fileno(), stdin_view[:65536]):]
@@ -328,14 +349,13 @@ def _supervise(
                     if not stdin_view:
                         sel.unregister(proc.stdin.fileno())
                         proc.stdin.close()
-                elif key.data == "cancel":
+                elif tag == "cancel":
                     sel.unregister(cancel.fd)  # level-triggered: handled via cancel.cancelled above
-                elif key.data == "exit":
-                    sel.unregister(key.fd)
+                elif tag == "exit":
+                    sel.unregister(fd)
             if proc.returncode is None and proc.poll() is not None:
                 exited_at = time.monotonic()
     finally:
-        sel.close()
         if log_fd is not None:
             os.close(log_fd)
         if pidfd is not None:

@@ -54,7 +54,7 @@ class Services:
 
     def log_path(self, session: Session, name: str, attempt: int) -> Path:
         file = f"{name}.log" if attempt == 1 else f"{name}.attempt{attempt}.log"
-        return self.state_dir / "logs" / session.run_id / session.id / file
+        return self.state_dir.joinpath("logs", session.run_id, session.id, file)  # one Path, not four
 
     def env_for(self, session: Session, name: str, attempt: int, span: Span) -> dict[str, str]:
         trace = span.carrier() or dict(self.inbound_trace)
