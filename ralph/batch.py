@@ -124,8 +124,8 @@ class TaggedTelemetry(Telemetry):
         return self.inner.enabled
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
-        return self.inner.span(name, {**self.attributes, **attributes}, parent, carrier, start)
+             carrier: Mapping[str, str] | None = None, start: float | None = None, later: bool = False) -> Span:
+        return self.inner.span(name, {**self.attributes, **attributes}, parent, carrier, start, later)
 
     def shutdown(self) -> None:
         self.inner.shutdown()

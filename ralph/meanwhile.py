@@ -31,12 +31,17 @@ def later(task: Callable[[], None], shared: bool = False) -> None:
 
 
 def run_pending() -> None:
-    tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
-    while tasks:
-        tasks.pop(0)()
+    run_own()
     for _ in range(len(_shared)):  # those left so far: a task may leave itself again for the next child
         try:
             task = _shared.popleft()
         except IndexError:  # another thread took the last one
             return
         task()
+
+
+def run_own() -> None:
+    """This thread's own tasks (a loop's end: nothing of it may wait for a child that will not come)."""
+    tasks: list[Callable[[], None]] | None = getattr(_local, "tasks", None)
+    while tasks:
+        tasks.pop(0)()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import batch as batching
-from ralph import isolation, semconv, telemetry
+from ralph import isolation, meanwhile, semconv, telemetry
 from ralph.agents import get_preset
 from ralph.agents.base import AgentReport, Preset
 from ralph.ahead import SessionsAhead
@@ -76,6 +76,7 @@ class ItemLoop(AgentAttempts):
             return self._run()
         finally:
             self.ahead.discard()
+            meanwhile.run_own()  # the last spans' ends (they wait for a next child's run otherwise)
             # The last iteration's end rows, which would wait for a next child's commit. (Its console
             # lines, run-log records and spans wait for any next child, or the run's end.)
             self.sv.store.flush(wait=False)  # a batch's items ending together: one commits for all
@@ -122,7 +123,7 @@ class ItemLoop(AgentAttempts):
             "session.id": session.id, "session.title": session.title, "ralph.iteration": number,
             "ralph.loop": spec.name, "ralph.run_id": sv.run_id, "session.previous_id": previous,
             "ralph.item": self.item, **semconv.iteration_attributes(session),
-        }, parent=self.run_span)
+        }, parent=self.run_span, later=True)  # made by the SDK while the first child runs
         sv.store.start_session(id=session.id, run_id=sv.run_id, loop=spec.name, title=session.title,
                                iteration=number, item=self.item, previous_id=previous,
                                trace_id=span.trace_id or None, span_id=span.span_id or None, feedback=told or None)
@@ -163,7 +164,7 @@ class ItemLoop(AgentAttempts):
                        semconv.ITERATION_INPUT_TOKENS: report.tokens_in,
                        semconv.ITERATION_OUTPUT_TOKENS: report.tokens_out, "ralph.cost_usd": report.cost_usd,
                        "ralph.agent.session_id": report.agent_session_id})
-        span.end(status if status in ("failed", "timeout", "interrupted") else None)
+        span.end_later(status if status in ("failed", "timeout", "interrupted") else None)
         sv.runlog.routine(f"iteration {status}", session, span, status=status,
                        fingerprint=failure.fingerprint if failure else None)
         detail = f"${report.cost_usd:.4f}" if report.cost_usd is not None else ""

@@ -153,10 +153,10 @@ class _ExecTelemetry(Telemetry):
         return self.inner.enabled
 
     def span(self, name: str, attributes: Mapping[str, Any], parent: Span | None = None,
-             carrier: Mapping[str, str] | None = None, start: float | None = None) -> Span:
+             carrier: Mapping[str, str] | None = None, start: float | None = None, later: bool = False) -> Span:
         if isinstance(parent, _ParentSpan):
-            return self.inner.span(name, attributes, None, parent.carrier_ or None, start)
-        return self.inner.span(name, attributes, parent, carrier, start)
+            return self.inner.span(name, attributes, None, parent.carrier_ or None, start, later)
+        return self.inner.span(name, attributes, parent, carrier, start, later)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -201,7 +201,7 @@ def _to_terminal(data: bytes) -> None:
 def exec_command(state_dir: Path, ident: str | None, argv: tuple[str, ...]) -> int:
     """Run CMD as an ``exec`` step of the session: its own span under the session's iteration span,
     a history row, ``logs/<run>/<session>/exec-N.log``; exit with CMD's code."""
-    from ralph import telemetry
+    from ralph import meanwhile, telemetry
     from ralph.batch import TaggedTelemetry
     from ralph.config import Telemetry as TelemetryConfig
     from ralph.interrupt import handle_signals
@@ -233,6 +233,7 @@ def exec_command(state_dir: Path, ident: str | None, argv: tuple[str, ...]) -> i
                                cancel, target.loop_env, target.trace, log_file=log_file)
             outcome = run_step(sv, session, _ParentSpan(target.trace), StepCall("exec", "exec", argv),
                                on_output=_to_terminal, show_output=False)
+            meanwhile.run_own()  # the step span's end
     finally:
         tel.shutdown()
         runlog.close()

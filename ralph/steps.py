@@ -83,7 +83,7 @@ def run_step(
         "session.id": session.id, "ralph.step.name": call.name, "ralph.step.kind": call.kind,
         "ralph.attempt": call.attempt, "ralph.iteration": session.iteration, "ralph.run_id": session.run_id,
         **semconv.step_attributes(call.kind, session),
-    }, parent=parent)
+    }, parent=parent, later=True)  # made by the SDK while the child runs: TRACEPARENT has its IDs already
     full_env = sv.env_for(session, call.name, call.attempt, span)
     if prepare is not None:
         call = prepare(full_env)
@@ -129,7 +129,7 @@ def run_step(
     if not outcome.ok:
         error = {"timeout": "timeout", "interrupted": "interrupted", "error": "spawn_error"}.get(
             outcome.status, str(outcome.exit_code))
-    span.end(error, outcome.reason)
+    span.end_later(error, outcome.reason)
     sv.runlog.routine(f"step {call.name} {outcome.status}", session, span, step=call.name, attempt=call.attempt,
                       exit_code=outcome.exit_code, duration=round(outcome.duration, 6), status=outcome.status)
     sv.console.step_end(session, call.name, outcome.status, outcome.exit_code, outcome.duration, call.attempt,
