@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PY, ralph, write_loop, yaml_list
-from ralph import meanwhile, process
+from ralph import meanwhile, pids, process
 from ralph.process import Request
 from ralph.store import Store
 
@@ -94,7 +94,7 @@ def test_a_flush_that_need_not_wait_leaves_its_rows_to_the_thread_committing(iso
     first.start()
     assert inside.wait(30)
     store.start_session(id="ses_x", run_id="run_x", loop="l", title="t", iteration=1)
-    step = store.start_step(os.getpid(), pid_start=process.boot_ticks(), session_id="ses_x", run_id="run_x",
+    step = store.start_step(os.getpid(), pid_start=pids.boot_ticks(), session_id="ses_x", run_id="run_x",
                             name="agent", kind="agent", attempt=1)  # flushes without waiting
     assert not writer.idle  # returned while the first thread still commits
     release.set()

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from handshake import PY, alive, signals_seen, tree_script, wait_dead, wait_for
 
-from ralph import process
+from ralph import pids, process
 from ralph.errors import StateError
 from ralph.interrupt import CancelToken
-from ralph.process import GRACE, Outcome, Request, end_leftover_group, process_start
+from ralph.pids import GRACE, end_leftover_group, process_start
+from ralph.process import Outcome, Request
 
 
 def request(tmp_path: Path, argv: list[str], **kw: object) -> Request:
@@ -185,9 +186,9 @@ def test_the_start_time_taken_at_the_spawn_is_the_one_proc_gives(tmp_path: Path)
              "while not (p / 'go').exists(): time.sleep(0.01)"
     assert process.run(request(tmp_path, [PY, "-c", script]), on_start=started).ok
     ((_pid, born, actual),) = seen
-    assert actual is not None and process.same_start(born, actual)
+    assert actual is not None and pids.same_start(born, actual)
     assert int(born) <= int(actual)  # taken just before the fork, on the clock /proc counts in
-    assert not process.same_start(born, str(int(actual) + 5 * os.sysconf("SC_CLK_TCK")))
+    assert not pids.same_start(born, str(int(actual) + 5 * os.sysconf("SC_CLK_TCK")))
 
 
 def test_log_folders_are_private(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ralph.limits import LimitHit
 from ralph.loader import LoopSpec
-from ralph.process import GRACE
+from ralph.pids import GRACE
 from ralph.session import Session
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ralph.errors import StateError, UsageError
-from ralph.process import end_leftover_group, private_dirs, process_alive, process_start, same_start
+from ralph.pids import end_leftover_group, process_alive, process_start, same_start
+from ralph.process import private_dirs
 from ralph.store.writer import GroupWriter, PendingId
 
 T = TypeVar("T")
