@@ -16,7 +16,7 @@ from typing import Any
 
 from ralph.limits import LimitHit
 from ralph.loader import LoopSpec
-from ralph.pids import GRACE
+from ralph.pids import GRACE, process_alive
 from ralph.session import Session
 
 
@@ -178,13 +178,15 @@ class Preset:
         return []
 
 
+# What marks a process as started by one agent attempt: the attempt's own env.
+ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
+
+
 def _live_environ(pid: str) -> list[bytes] | None:
     """The env a live (non-zombie) process was started with; None if unreadable or gone."""
+    if not process_alive(int(pid)):
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        if stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X"):
-            return None
         with open(f"/proc/{pid}/environ", "rb") as fh:
             return fh.read().split(b"\0")
     except OSError:
@@ -226,6 +228,20 @@ def end_processes_with_env(markers: Mapping[str, str], grace: float = GRACE) -> 
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     return found
+
+
+def end_left_running(ctx: AgentContext) -> list[str]:
+    """A preset's ``cleanup``: anything a tool left running (a background shell, or one in a session
+    of its own) still carries this attempt's env, and goes. The note for the run log."""
+    ended = end_processes_with_env({name: ctx.env.get(name, "") for name in ATTEMPT_MARKERS})
+    return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+
+
+def plain_line(line: bytes) -> tuple[str | None, None]:
+    """A parser's answer for a line that is not one of the CLI's events (stderr is merged in): shown,
+    and never the model's words (it does not count for output_contains)."""
+    text = line.decode("utf-8", "replace").rstrip()
+    return (text or None), None
 
 
 def json_event(line: bytes) -> dict[str, Any] | None:

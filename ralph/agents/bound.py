@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ralph.agents.base import AgentContext, Preset, end_processes_with_env
+from ralph.agents.base import AgentContext, Preset, end_left_running
 from ralph.agents.claude import _Recent, claude_session_id
-
-# What marks a process as started by one agent attempt: the attempt's own env.
-ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 
 
 class UuidBoundPreset(Preset):
@@ -41,5 +38,4 @@ class UuidBoundPreset(Preset):
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
         """Anything a tool left running (a background shell) still carries this attempt's env: it goes."""
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)

@@ -23,17 +23,16 @@ from ralph.agents.base import (
     Invocation,
     Preset,
     StreamParser,
-    end_processes_with_env,
+    end_left_running,
     first_line,
     json_event,
+    plain_line,
 )
 from ralph.agents.events import int_sum, number, obj, tool_line
 from ralph.limits import LimitHit, reset_time
 
 # Fixed forever: changing it would change every derived UUID.
 NAMESPACE = uuid.UUID("5f0b8d5e-7c1a-4f3e-9a52-72616c706821")
-# What marks a process as started by one agent attempt: the attempt's own env.
-_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 _LIMIT_WORDS = re.compile(r"usage limit reached|limit reached\s*[∙·|]|hit your (?:usage )?limit", re.I)
 # Tool inputs worth showing, best first.
 _TOOL_KEYS = ("command", "file_path", "notebook_path", "path", "pattern", "url", "query", "description", "prompt")
@@ -87,8 +86,7 @@ class ClaudeParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the model's words: it does not count for output_contains
+            return plain_line(line)
         kind = event.get("type")
         if kind == "rate_limit_event":
             return self._rate_limit(obj(event.get("rate_limit_info"))), None
@@ -220,8 +218,7 @@ class ClaudePreset(Preset):
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
         """Anything a tool left running (a background shell) still carries this attempt's env: it goes."""
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
 
 PRESET = ClaudePreset()

@@ -19,9 +19,10 @@ from ralph.agents.base import (
     Invocation,
     Preset,
     StreamParser,
-    end_processes_with_env,
+    end_left_running,
     first_line,
     json_event,
+    plain_line,
 )
 from ralph.agents.events import number, obj
 from ralph.limits import LimitHit, reset_time
@@ -29,8 +30,6 @@ from ralph.limits import LimitHit, reset_time
 # Codex's errors for a plan's usage limit ("You've hit your usage limit … try again at 3:43 AM") and
 # for an API's rate limit ("exceeded retry limit, last status: 429 Too Many Requests").
 _LIMIT_WORDS = re.compile(r"usage limit|rate limit|\b429\b", re.I)
-# What marks a process as started by one agent attempt: the attempt's own env.
-_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 
 
 class _Threads:
@@ -63,8 +62,7 @@ class CodexParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the model's words: it does not count for output_contains
+            return plain_line(line)
         kind = event.get("type")
         if kind == "thread.started" and isinstance(event.get("thread_id"), str):
             self.report.agent_session_id = event["thread_id"]
@@ -189,8 +187,7 @@ class CodexPreset(Preset):
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
         """Anything a command left running still carries this attempt's env: it goes."""
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
 
 PRESET = CodexPreset()

@@ -32,17 +32,16 @@ from ralph.agents.base import (
     Invocation,
     Preset,
     StreamParser,
-    end_processes_with_env,
+    end_left_running,
     first_line,
     iso_seconds,
     json_event,
+    plain_line,
 )
 from ralph.agents.events import number, obj, tool_line
 
 # Fixed forever: changing it would change every derived UUID.
 NAMESPACE = uuid.UUID("0c0f7a3e-5b2d-4c61-8e1f-636f70696c74")
-# What marks a process as started by one agent attempt: the attempt's own env.
-_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 _TOOL_KEYS = ("command", "path", "file_path", "pattern", "url", "query", "description", "prompt")
 # Where a process's own part of the session log begins.
 _PROCESS_START = ("session.start", "session.resume")
@@ -104,8 +103,7 @@ class CopilotParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the model's words: it does not count for output_contains
+            return plain_line(line)
         self.started = True
         kind = event.get("type")
         data = obj(event.get("data"))
@@ -182,8 +180,7 @@ class CopilotPreset(Preset):
             parser = self._parsers.pop((ctx.session.id, ctx.attempt), None)
         if parser is not None:
             parser.count_tokens()
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
 
 PRESET = CopilotPreset()

@@ -19,8 +19,7 @@ import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from ralph.agents.base import AgentContext, Invocation, Preset, StreamParser, end_processes_with_env, json_event
-from ralph.agents.bound import ATTEMPT_MARKERS
+from ralph.agents.base import AgentContext, Invocation, Preset, StreamParser, end_left_running, json_event, plain_line
 from ralph.agents.claude import claude_session_id
 from ralph.agents.codex import _Threads
 from ralph.customspec import PLACEHOLDER_RE, CustomAgent, Pointer, first
@@ -58,8 +57,7 @@ class CustomParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the agent's events (stderr is merged in)
+            return plain_line(line)
         c = self.custom
         agent_id = next((str(v) for v in _values(c.session_id, event) if isinstance(v, str | int) and v != ""), None)
         if agent_id:
@@ -177,8 +175,7 @@ class CustomPreset(Preset):
         return CustomParser(custom, ctx.session.id, self._known)
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
 
 def _fill(arg: str, values: Mapping[str, str]) -> str:

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, iso_seconds, json_event
+from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line, iso_seconds, json_event, plain_line
 from ralph.agents.bound import UuidBoundPreset
 from ralph.agents.claude import claude_session_id
 from ralph.agents.events import number, obj, tool_line
 
-_APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
+APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
 _MODEL_RECORD = re.compile(r'"type"\s*:\s*"gemini"')
 # Tool inputs worth showing, best first.
 _TOOL_KEYS = ("command", "file_path", "dir_path", "path", "pattern", "url", "query", "description")
@@ -79,8 +79,7 @@ class GeminiParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the model's words
+            return plain_line(line)
         kind = event.get("type")
         if kind == "message":
             if event.get("role") != "assistant":
@@ -147,6 +146,21 @@ def _int(value: Any) -> int | None:
     return int(value) if number(value) else None
 
 
+def stream_json_invocation(ctx: AgentContext, head: list[str], session: list[str]) -> Invocation:
+    """Gemini CLI's command line (and its fork Qwen Code's): ``--yolo`` unless the loop's args pick an
+    approval mode, the session, the model, the loop's args; the prompt on stdin (no argv size limit,
+    and a prompt starting with "-" is not an option)."""
+    agent = ctx.spec.config.agent
+    argv = list(head)
+    if not any(a == f or a.startswith(f + "=") for a in agent.args for f in APPROVAL_FLAGS):
+        argv.append("--yolo")
+    argv += session
+    if agent.model:
+        argv += ["-m", agent.model]
+    argv += agent.args
+    return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
+
+
 class GeminiPreset(UuidBoundPreset):
     name = "gemini"
     default_binary = "gemini"
@@ -165,16 +179,8 @@ class GeminiPreset(UuidBoundPreset):
         return "--session-id", attempt_id(ctx.session.id, ctx.attempt)
 
     def invocation(self, ctx: AgentContext) -> Invocation:
-        agent = ctx.spec.config.agent
-        argv = [ctx.binary or "gemini", "-o", "stream-json", "--skip-trust"]
-        if not any(a == f or a.startswith(f + "=") for a in agent.args for f in _APPROVAL_FLAGS):
-            argv.append("--yolo")
-        argv += self._session(ctx)
-        if agent.model:
-            argv += ["-m", agent.model]
-        argv += agent.args
-        # The prompt on stdin: no argv size limit, and a prompt starting with "-" is not an option.
-        return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
+        return stream_json_invocation(ctx, [ctx.binary or "gemini", "-o", "stream-json", "--skip-trust"],
+                                      list(self._session(ctx)))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
         return GeminiParser(self._session(ctx)[1])

@@ -25,7 +25,7 @@ from ralph.agents.base import (
     StreamParser,
     ToolCall,
     as_text,
-    end_processes_with_env,
+    end_left_running,
     first_line,
 )
 from ralph.agents.events import int_sum, number, obj
@@ -36,8 +36,6 @@ FORMAT_VERSION = "1.18.33"  # the opencode version the import file's shape was v
 HELPER_TIMEOUT = 60.0  # seconds for `opencode import` / `export`: about 1-2 s when all is well
 IMPORT_FILE = "opencode-session.json"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# What marks a process as started by one agent attempt: the attempt's own env.
-_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 
 
 @dataclass
@@ -155,6 +153,15 @@ PROVIDERS = {"google": "gcp.gemini", "google-vertex": "gcp.vertex_ai", "amazon-b
              "azure": "azure.ai.openai", "mistral": "mistral_ai", "xai": "x_ai"}
 
 
+def provider_model(model: str | None) -> tuple[str | None, str | None]:
+    """``provider/model`` (opencode's, and pi's, whose provider IDs are opencode's) as (the
+    semantic-convention provider name, the model)."""
+    if not model or "/" not in model:
+        return None, model
+    provider, name = model.split("/", 1)
+    return PROVIDERS.get(provider, provider), name
+
+
 class OpencodePreset(Preset):
     name = "opencode"
     default_binary = "opencode"
@@ -162,11 +169,7 @@ class OpencodePreset(Preset):
     import_file = IMPORT_FILE  # in the session's log folder
 
     def model_info(self, model: str | None) -> tuple[str | None, str | None]:
-        """opencode's models are ``provider/model``."""
-        if not model or "/" not in model:
-            return None, model
-        provider, name = model.split("/", 1)
-        return PROVIDERS.get(provider, provider), name
+        return provider_model(model)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # batch items run in threads and share the preset
@@ -227,9 +230,7 @@ class OpencodePreset(Preset):
     def cleanup(self, ctx: AgentContext) -> list[str]:
         """opencode runs its bash tool in a session of its own: ending opencode's process group
         does not reach what a tool left running. Anything still carrying this attempt's env goes."""
-        markers = {name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS}
-        ended = end_processes_with_env(markers)
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
     # -- binding ------------------------------------------------------------------------
 

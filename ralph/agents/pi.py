@@ -29,15 +29,15 @@ from ralph.agents.base import (
     Invocation,
     Preset,
     StreamParser,
-    end_processes_with_env,
+    end_left_running,
     first_line,
     json_event,
+    plain_line,
 )
 from ralph.agents.events import int_sum, number, obj, tool_line
-from ralph.agents.opencode import PROVIDERS
+from ralph.agents.opencode import provider_model
 
 SESSION_VERSION = 3  # pi's session file format (CURRENT_SESSION_VERSION in pi 0.73.1)
-_ATTEMPT_MARKERS = ("OPENCODE_SESSION_ID", "RALPH_RUN_ID", "RALPH_STEP", "RALPH_ATTEMPT")
 _TOOL_KEYS = ("command", "path", "file_path", "pattern", "url", "query", "description")
 
 
@@ -63,8 +63,7 @@ class PiParser(StreamParser):
     def feed(self, line: bytes) -> tuple[str | None, str | None]:
         event = json_event(line)
         if event is None:
-            text = line.decode("utf-8", "replace").rstrip()
-            return (text or None), None  # not the model's words: it does not count for output_contains
+            return plain_line(line)
         kind = event.get("type")
         if kind == "session" and isinstance(event.get("id"), str):
             self.report.agent_session_id = event["id"]
@@ -121,11 +120,7 @@ class PiPreset(Preset):
     structured = True
 
     def model_info(self, model: str | None) -> tuple[str | None, str | None]:
-        """pi's models are ``provider/model`` (its provider IDs are opencode's)."""
-        if not model or "/" not in model:
-            return None, model
-        provider, name = model.split("/", 1)
-        return PROVIDERS.get(provider, provider), name
+        return provider_model(model)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # batch items run in threads and share the preset
@@ -175,8 +170,7 @@ class PiPreset(Preset):
 
     def cleanup(self, ctx: AgentContext) -> list[str]:
         """Anything a tool left running still carries this attempt's env: it goes."""
-        ended = end_processes_with_env({name: ctx.env.get(name, "") for name in _ATTEMPT_MARKERS})
-        return [f"ended {len(ended)} process(es) the agent left running: {ended}"] if ended else []
+        return end_left_running(ctx)
 
 
 PRESET = PiPreset()

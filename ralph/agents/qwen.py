@@ -20,8 +20,7 @@ from ralph.agents.base import AgentContext, Invocation, StreamParser, first_line
 from ralph.agents.bound import UuidBoundPreset
 from ralph.agents.claude import ClaudeParser
 from ralph.agents.events import int_sum, obj
-
-_APPROVAL_FLAGS = ("--yolo", "-y", "--approval-mode")
+from ralph.agents.gemini import stream_json_invocation
 
 
 def qwen_dirs(env: Mapping[str, str]) -> list[Path]:
@@ -62,16 +61,7 @@ class QwenPreset(UuidBoundPreset):
         return session_stored(env, native_id)
 
     def invocation(self, ctx: AgentContext) -> Invocation:
-        agent = ctx.spec.config.agent
-        argv = [ctx.binary or "qwen", "-o", "stream-json"]
-        if not any(a == f or a.startswith(f + "=") for a in agent.args for f in _APPROVAL_FLAGS):
-            argv.append("--yolo")
-        argv += self.session_args(ctx)
-        if agent.model:
-            argv += ["-m", agent.model]
-        argv += agent.args
-        # The prompt on stdin: no argv size limit, and a prompt starting with "-" is not an option.
-        return Invocation(tuple(argv), (ctx.prompt or "").encode("utf-8"))
+        return stream_json_invocation(ctx, [ctx.binary or "qwen", "-o", "stream-json"], self.session_args(ctx))
 
     def parser(self, ctx: AgentContext) -> StreamParser:
         native = self.native_id(ctx)
