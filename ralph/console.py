@@ -11,6 +11,7 @@ import time
 from typing import IO, Any
 
 from ralph import meanwhile
+from ralph.drain import Drain
 from ralph.session import Session
 
 MAX_PENDING = 64 * 1024  # a child that never prints a newline still gets shown, in pieces
@@ -55,8 +56,8 @@ class Console:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self._lock = threading.Lock()  # the lines waiting (held for an append, never across a write)
-        self._flush_lock = threading.Lock()  # one writer at a time, in order
         self._lines: list[str] = []
+        self._drain = Drain(self._take, self._write, lambda: bool(self._lines))  # one writer at a time
         self._scheduled = False  # a flush waits for the next child's start
 
     def _print(self, text: str, later: bool = False, wait: bool = True) -> None:
@@ -73,26 +74,21 @@ class Console:
             meanwhile.later(self.flush, shared=True)
 
     def flush(self, wait: bool = True) -> None:
-        """The lines so far, written by one thread: a batch's 64 threads each writing to the stream
-        would queue up on its lock whenever one of them waits in write(). Unless ``wait``, a thread that
-        finds another writing leaves its lines to it: the writer looks again once it let go."""
-        while True:
-            if not self._flush_lock.acquire(blocking=wait):
-                return
-            try:
-                with self._lock:
-                    lines, self._lines, self._scheduled = self._lines, [], False
-                with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
-                    for text in lines:  # not text + "\n": a megabyte copy per chunk of mirrored output
-                        self.out.write(text)
-                        self.out.write("\n")
-                    if lines:
-                        self.out.flush()
-            finally:
-                self._flush_lock.release()
-            if not self._lines:
-                return
-            wait = False
+        """The lines so far, written by one thread at a time (``ralph.drain``). Unless ``wait``, a thread
+        that finds another writing leaves its lines to it."""
+        self._drain(wait)
+
+    def _take(self) -> list[str]:
+        with self._lock:
+            lines, self._lines, self._scheduled = self._lines, [], False
+        return lines
+
+    def _write(self, lines: list[str]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()
+            for text in lines:  # not text + "\n": a megabyte copy per chunk of mirrored output
+                self.out.write(text)
+                self.out.write("\n")
+            self.out.flush()
 
     def warn(self, message: str) -> None:
         with self._lock:

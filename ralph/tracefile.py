@@ -20,6 +20,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from ralph import meanwhile
+from ralph.drain import Drain
 
 
 class WhileChildrenRun(SpanProcessor):
@@ -29,7 +30,7 @@ class WhileChildrenRun(SpanProcessor):
         self._min_batch, self._min_age = min_batch, min_age
         self._last_export = 0.0
         self._lock = threading.Lock()  # the queue
-        self._export_lock = threading.Lock()  # one export at a time, in order
+        self._drain = Drain(self._take, self._write, lambda: bool(self._pending))  # one export at a time
         self._pending: list[ReadableSpan] = []
         self._oldest = 0.0
         self._scheduled = False
@@ -63,20 +64,18 @@ class WhileChildrenRun(SpanProcessor):
             meanwhile.later(self._scheduled_export, shared=True)
 
     def _export(self, wait: bool = False) -> None:
-        """Export what waits. Unless ``wait``, a thread that finds another exporting leaves it to it (it
-        takes batches until none is left): a batch's threads would otherwise queue up on the lock."""
-        if not self._export_lock.acquire(blocking=wait):
-            return
-        try:
-            while True:
-                with self._lock:
-                    batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
-                if not batch:
-                    return
-                self._last_export = time.monotonic()
-                self._exporter.export(batch)
-        finally:
-            self._export_lock.release()
+        """Export what waits, ``max_batch`` at a time. Unless ``wait``, a thread that finds another
+        exporting leaves it to it (``ralph.drain``)."""
+        self._drain(wait)
+
+    def _take(self) -> list[ReadableSpan]:
+        with self._lock:
+            batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+        return batch
+
+    def _write(self, batch: list[ReadableSpan]) -> None:
+        self._last_export = time.monotonic()
+        self._exporter.export(batch)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         self._export(wait=True)

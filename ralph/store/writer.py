@@ -15,11 +15,11 @@ the GIL) than the commits it would have saved.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ralph.drain import Drain
 from ralph.errors import StateError
 
 Op = Callable[[Any], None]  # one write, given the transaction's connection
@@ -36,15 +36,14 @@ class PendingId:
 
 class GroupWriter:
     """Ops wait in a deque (its append is atomic: no lock for the 64 threads of a batch to queue up on);
-    whoever holds the commit lock takes every op waiting and commits them in one transaction, again
-    while more wait; batches commit in order."""
+    one thread at a time (``ralph.drain``) takes every op waiting and commits them in one transaction,
+    again while more wait; batches commit in order."""
 
     def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError]) -> None:
         self._transaction = transaction  # a context manager yielding the connection, one write transaction
         self._describe = describe
         self._ops: deque[Op] = deque()
-        self._commit_lock = threading.Lock()
-        self._committing = False
+        self._drain = Drain(self._take, self._commit, lambda: bool(self._ops))
         self._error: StateError | None = None
 
     def put(self, op: Op) -> None:
@@ -56,21 +55,8 @@ class GroupWriter:
         """Returns once everything queued before the call is committed (raises what could not be).
         ``wait=False``: while another thread commits, leave it to commit these right after and return
         (64 batch items spawning at once would otherwise wait for each other's commits)."""
-        while True:
-            if not self._commit_lock.acquire(blocking=wait):
-                return  # the committing thread looks at the queue again once it lets go of the lock
-            try:
-                self._committing = True
-                while self._ops:
-                    self._commit(self._take())
-            finally:
-                self._committing = False
-                self._commit_lock.release()
-            if self._error is not None:
-                raise self._error
-            if not self._ops:  # none came between the last take and the release: done
-                return
-            wait = False  # more came: take them too, unless a thread that came for them has the lock
+        if self._drain(wait) and self._error is not None:
+            raise self._error
 
     def _take(self) -> list[Op]:
         ops = []
@@ -81,7 +67,7 @@ class GroupWriter:
 
     @property
     def idle(self) -> bool:
-        return not self._ops and not self._committing
+        return not self._ops and not self._drain.busy
 
     def _commit(self, ops: list[Op]) -> None:
         if self._error is not None:  # a broken history commits nothing more; every flush says so
