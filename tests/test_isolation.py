@@ -162,8 +162,8 @@ def test_workdir_item_without_a_batch_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "loop.yaml:2:" in result.stderr and "needs a batch" in result.stderr
 
 
-def test_after_kill_9_the_next_run_keeps_the_work_and_cleans_up(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
+def kill_9_while_item_k_runs(tmp_path: Path, repo: Path) -> None:
+    """A batch of item k, killed with SIGKILL while its agent runs in its worktree."""
     hang = tmp_path / "hanging"
     loop = batch_loop(tmp_path, repo, ["k"], extra_env={"HANG": str(hang)})
     proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop), "-q"], stdout=subprocess.DEVNULL,
@@ -171,6 +171,11 @@ def test_after_kill_9_the_next_run_keeps_the_work_and_cleans_up(tmp_path: Path) 
     wait_for(hang)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def test_after_kill_9_the_next_run_keeps_the_work_and_cleans_up(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    kill_9_while_item_k_runs(tmp_path, repo)
     # The agent, in its own process group, outlives the kill; the next ralph ends it (the abandoned-run repair).
     assert len(worktrees(repo)) == 2  # the killed run's worktree is still there
     loop2 = batch_loop(tmp_path, repo, ["k"])  # the same loop, without the hang
@@ -199,13 +204,7 @@ def test_interrupting_an_isolated_batch_commits_and_removes_the_worktree(tmp_pat
 
 def test_a_later_run_of_any_loop_cleans_the_worktrees_a_killed_run_left(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    hang = tmp_path / "hanging"
-    loop = batch_loop(tmp_path, repo, ["k"], extra_env={"HANG": str(hang)})
-    proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop), "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(hang)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_9_while_item_k_runs(tmp_path, repo)
     other = tmp_path / "other"
     other.mkdir()
     plain = write_loop(other, f"""

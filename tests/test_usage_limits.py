@@ -69,15 +69,19 @@ def test_a_usage_limit_pauses_and_runs_the_same_iteration_again(tmp_path: Path, 
     assert attrs["ralph.usage_limit.message"].startswith("Claude AI usage limit reached|")
 
 
-def test_a_pause_never_outlasts_max_duration(tmp_path: Path, isolated: Path) -> None:
+def limited_loop(tmp_path: Path, until: str = "") -> Path:
+    """An agent that always hits its usage limit, waiting an hour for it."""
     agent = "import sys; print('usage limit reached', file=sys.stderr); sys.exit(1)"
-    loop = write_loop(tmp_path, f"""
+    return write_loop(tmp_path, f"""
         name: limited
         agent:
           command: {yaml_list([PY, "-c", agent])}
           usage_limit: {{pattern: "usage limit", wait: 1h}}
-        until: {{max_duration: 3s}}
-        """)
+        """ + until)
+
+
+def test_a_pause_never_outlasts_max_duration(tmp_path: Path, isolated: Path) -> None:
+    loop = limited_loop(tmp_path, "until: {max_duration: 3s}\n")
     result = ralph("run", str(loop), "--json")
     assert result.returncode == 1, result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -86,13 +90,7 @@ def test_a_pause_never_outlasts_max_duration(tmp_path: Path, isolated: Path) -> 
 
 
 def test_ctrl_c_during_a_pause_stops_at_once(tmp_path: Path, isolated: Path) -> None:
-    agent = "import sys; print('usage limit reached', file=sys.stderr); sys.exit(1)"
-    loop = write_loop(tmp_path, f"""
-        name: limited
-        agent:
-          command: {yaml_list([PY, "-c", agent])}
-          usage_limit: {{pattern: "usage limit", wait: 1h}}
-        """)
+    loop = limited_loop(tmp_path)
     proc = subprocess.Popen([PY, "-m", "ralph", "run", str(loop), "--json"], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ))
     assert proc.stdout is not None
