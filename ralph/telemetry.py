@@ -182,10 +182,9 @@ class _OtelTelemetry(Telemetry):
         super().__init__()
         from opentelemetry import context as otel_context
         from opentelemetry import trace
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         # Looked up once: a span is made several times an iteration.
-        self._context, self._trace, self._propagator = otel_context, trace, TraceContextTextMapPropagator()
+        self._context, self._trace = otel_context, trace
         self._tracer = provider.get_tracer("ralph")
         self._ids = ids  # _preset_ids()'s, when spans may be made later (the default sampler only)
         self._local, self._remote, self._metrics = local, remote, metrics
@@ -205,7 +204,7 @@ class _OtelTelemetry(Telemetry):
             else:
                 context = parent.parent_context()
         elif carrier:
-            context = self._propagator.extract({k.lower(): v for k, v in carrier.items()})
+            context = _propagator().extract({k.lower(): v for k, v in carrier.items()})
         else:
             context = None
         attrs = {k: v for k, v in attributes.items() if v is not None}
