@@ -25,6 +25,8 @@ from ralph.telemetry import Span
 LOGGER = "ralph.run"
 
 _parent = logging.getLogger(LOGGER)
+# One encoder: json.dumps with any option set makes a new JSONEncoder for every call.
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 _parent.propagate = False  # ralph's records never reach the root logger (and so never the terminal)
 if not _parent.handlers:
     _parent.addHandler(logging.NullHandler())
@@ -88,8 +90,7 @@ class JsonlHandler(logging.Handler):
             fd = self._fd
         if fd < 0:
             return
-        text = "".join(json.dumps({"time": round(created, 6), "level": level, "message": message, **fields},
-                                  ensure_ascii=False, default=str) + "\n"
+        text = "".join(_encode({"time": round(created, 6), "level": level, "message": message, **fields}) + "\n"
                        for created, level, message, fields in pending)
         view = memoryview(text.encode("utf-8"))
         while view:  # O_APPEND: whole lines, even with another ralph (ralph exec) writing the same file

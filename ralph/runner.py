@@ -346,7 +346,8 @@ def _run_items(spec: LoopSpec, options: RunOptions, sv: Services, run_span: Span
             raise
         if item is not None:
             sv.console.item_end(item, result.status, isolation.describe(spec, item, result.reason), result.iterations)
-        sv.runlog.info("item ended", span=run_span, item=item, status=result.status,  # ralph report reads it
+        # ralph report reads it; written with the next child's run-log records (or at the run's end)
+        sv.runlog.routine("item ended", span=run_span, item=item, status=result.status,
                        reason=result.reason, iterations=result.iterations, succeeded=result.succeeded)
         return result
 

@@ -263,6 +263,24 @@ class _OtelTelemetry(Telemetry):
             self.guard.failed("telemetry", where, f"no answer within {FLUSH_BUDGET_S:g}s")
 
 
+def _resource(made: Any) -> Any:
+    """The resource with its hash worked out once: the file exporter groups every span it writes by
+    its resource, and ``Resource.__hash__`` serialises the attributes to JSON each time."""
+    from opentelemetry.sdk.resources import Resource
+
+    class _Resource(Resource):
+        __slots__ = ()
+        _hash = hash(made)
+
+        def __hash__(self) -> int:
+            return self._hash
+
+        def __eq__(self, other: object) -> bool:
+            return self is other or super().__eq__(other)
+
+    return _Resource(made.attributes, made.schema_url)
+
+
 def _preset_ids() -> Any:
     """The SDK's random IDs, unless a span made later hands it the ones it drew when it began."""
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -313,7 +331,7 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     service = env.get("OTEL_SERVICE_NAME") or config.service_name or "ralph"
-    resource = Resource.create({"service.name": service})
+    resource = _resource(Resource.create({"service.name": service}))
     # Spans made later draw their IDs first (the default sampler decides by the parent alone: an
     # OTEL_TRACES_SAMPLER of the user's may not, so then every span is made at once).
     ids = _preset_ids()

@@ -217,3 +217,42 @@ def test_end_leftover_group_ends_only_the_recorded_group(tmp_path: Path) -> None
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+def _tool(folder: Path, says: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tool").write_text(f"#!/bin/sh\necho {says}\n")
+    (folder / "tool").chmod(0o755)
+
+
+def _said(cwd: Path, env: dict[str, str]) -> tuple[int, bytes]:
+    seen: list[bytes] = []
+    outcome = process.run(Request(("tool",), cwd, env), seen.append)
+    return outcome.exit_code, b"".join(seen)
+
+
+def test_a_command_is_found_on_the_childs_path_and_found_again_once_it_moved(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    _tool(second, "second")
+    env = {"PATH": f"{first}:{second}:/usr/bin:/bin"}
+    assert _said(tmp_path, env) == (0, b"second\n")
+    # Moved to an earlier folder of PATH after ralph found it (an upgrade): looked up again.
+    (second / "tool").unlink()
+    _tool(first, "first")
+    assert _said(tmp_path, env) == (0, b"first\n")
+    # Another PATH in the child's env is another lookup; where it is not, the child's usual 127.
+    assert _said(tmp_path, {"PATH": f"{second}:/usr/bin"})[0] == 127
+
+
+def test_a_relative_folder_of_path_is_the_childs_own(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _tool(work / "bin", "from the workdir")
+    assert _said(work, {"PATH": "bin:/usr/bin:/bin"}) == (0, b"from the workdir\n")
+
+
+def test_a_child_reading_stdin_reads_nothing(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+    for _ in range(2):  # the same /dev/null serves every child
+        outcome = process.run(Request(("/bin/sh", "-c", "cat; echo read-all"), tmp_path, {}, timeout=10), seen.append)
+        assert outcome.ok
+    assert b"".join(seen) == b"read-all\nread-all\n"
