@@ -60,7 +60,8 @@ def scratch(name: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if not os.environ.get("RALPH_BENCH_KEEP"):  # benchmarks/run deletes them all once it is done
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
