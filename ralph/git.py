@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,9 +175,16 @@ def message(subject: str, trailers: dict[str, str]) -> str:
 def snapshot(repo: Repo, exclude: list[Path], subject: str, trailers: dict[str, str],
              temp_dir: Path | None = None) -> tuple[str, str | None]:
     """A commit of the work tree as it is (parent: HEAD); returns (snapshot SHA, HEAD SHA)."""
+    current_head = _helpers().submit(head, repo)  # HEAD read while `git add` hashes: two processes, two cores
     tree = write_tree(repo, exclude, temp_dir)
-    current = head(repo)
+    current = current_head.result()
     return commit_tree(repo, tree, [current] if current else [], message(subject, trailers)), current
+
+
+@functools.cache
+def _helpers() -> ThreadPoolExecutor:
+    """Threads for git commands that can run beside another (each mostly waits for its process)."""
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="ralph-git")
 
 
 def update_refs(repo: Repo, refs: dict[str, str]) -> None:
