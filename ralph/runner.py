@@ -245,7 +245,8 @@ def run(spec: LoopSpec, options: RunOptions, console: Console | None = None) -> 
         notes.append(f"resuming run {resumed['id']} of loop {spec.name}" if resumed
                      else f"no unfinished run of loop {spec.name} to resume; starting a new run")
     run_id = new_run_id()
-    tel = telemetry.setup(state_dir, spec.config.telemetry)
+    tel = telemetry.setup(state_dir, spec.config.telemetry,
+                          parallel=spec.config.batch.parallel if spec.config.batch else 1)
     batch_id = batching.batch_id(spec.name) if spec.config.batch else None
     if batch_id is not None:  # every shard's run, iteration and step spans: one batch in the backend
         tel = batching.TaggedTelemetry(tel, {"ralph.batch": batch_id})

@@ -5,8 +5,9 @@ Encoding a span to OTLP JSON costs more than making it (~70 µs against ~30 µs)
 that is about to spawn the next child. Here an ended span waits, and the batch is handed to the
 exporter by the thread that next starts a child, right after it did (``ralph.meanwhile``), when the
 child runs and ralph would only wait, once ``min_batch`` spans wait or the last export was
-``min_age`` seconds ago (a fast loop's spans go 32 at a time: a batch's envelope costs a third of a
-span; a loop whose iterations take longer has each one's spans written while the next one runs); or by
+``min_age`` seconds ago (a fast loop's spans go a few at a time, so that their encoding fits in the time
+a short child runs; a wide batch's 32 at a time: a line's envelope costs a third of a span; a loop whose
+iterations take longer has each one's spans written while the next one runs); or by
 the thread ending a span once the oldest waited ``max_wait`` seconds or ``max_batch`` are waiting;
 and at shutdown. The exporter and its encoding are the SDK's own.
 """
