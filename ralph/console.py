@@ -10,8 +10,7 @@ import threading
 import time
 from typing import IO, Any
 
-from ralph import meanwhile
-from ralph.drain import Drain
+from ralph.drain import Outbox
 from ralph.session import Session
 
 MAX_PENDING = 64 * 1024  # a child that never prints a newline still gets shown, in pieces
@@ -55,33 +54,17 @@ class Console:
         self.quiet = quiet
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self._lock = threading.Lock()  # the lines waiting (held for an append, never across a write)
-        self._lines: list[str] = []
-        self._drain = Drain(self._take, self._write, lambda: bool(self._lines))  # one writer at a time
-        self._scheduled = False  # a flush waits for the next child's start
+        self._lock = threading.Lock()  # warnings, and the rich console's prints: one at a time
+        self._outbox: Outbox[str] = Outbox(self._write)
 
     def _print(self, text: str, later: bool = False, wait: bool = True) -> None:
         """``later``: a routine line (an iteration's or a step's start and end) may wait for the moment the
         next child runs (``ralph.meanwhile``), the next other line, or the loop's end. ``wait=False``: out
         now, by this thread or by the one writing (a batch's item ends)."""
-        with self._lock:
-            self._lines.append(text)
-            schedule = later and not self._scheduled
-            self._scheduled = self._scheduled or schedule
-        if not later:
-            self.flush(wait)
-        elif schedule:
-            meanwhile.later(self.flush, shared=True)
+        self._outbox.put(text, later, wait)
 
     def flush(self, wait: bool = True) -> None:
-        """The lines so far, written by one thread at a time (``ralph.drain``). Unless ``wait``, a thread
-        that finds another writing leaves its lines to it."""
-        self._drain(wait)
-
-    def _take(self) -> list[str]:
-        with self._lock:
-            lines, self._lines, self._scheduled = self._lines, [], False
-        return lines
+        self._outbox.flush(wait)
 
     def _write(self, lines: list[str]) -> None:
         with contextlib.suppress(ValueError, OSError):  # a flush left for later may come after close()

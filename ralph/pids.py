@@ -66,7 +66,6 @@ def group_alive(pgid: int) -> bool:
     return not os.path.isdir("/proc") or bool(group_members(pgid))
 
 
-
 def reap_group(pgid: int, grace: float, cancel: CancelToken | None = None) -> None:
     """Background jobs the child left in its group (output redirected away) are ended too:
     SIGTERM, then SIGKILL ``grace`` seconds later (at once after a second Ctrl-C)."""

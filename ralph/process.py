@@ -196,20 +196,23 @@ def _devnull() -> int:
 
 def _popen(request: Request) -> subprocess.Popen[bytes]:
     env = dict(request.env)
+
+    def spawn(executable: str | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            request.argv, executable=executable, cwd=request.cwd, env=env,
+            stdin=subprocess.PIPE if request.stdin is not None else _devnull(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, bufsize=0,
+        )
+
     executable = _executable(request.argv[0], env)
-    while True:
-        try:
-            return subprocess.Popen(
-                request.argv, executable=executable, cwd=request.cwd, env=env,
-                stdin=subprocess.PIPE if request.stdin is not None else _devnull(),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True, bufsize=0,
-            )
-        except FileNotFoundError:
-            if executable is None or not request.cwd.is_dir():
-                raise
-            _resolved.cache_clear()  # it was removed or moved since: look again, as bash does
-            executable = None
+    try:
+        return spawn(executable)
+    except FileNotFoundError:
+        if executable is None or not request.cwd.is_dir():
+            raise
+        _resolved.cache_clear()  # it was removed or moved since: the child looks, as bash does then
+        return spawn(None)
 
 
 def run(

@@ -8,6 +8,7 @@ loop: the run warns once and goes on without it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -23,9 +24,6 @@ if TYPE_CHECKING:  # `ralph sessions` and `show` use the formatting below withou
 
 _warned: set[str] = set()  # run IDs that already told the user snapshots are off
 _warn_lock = threading.Lock()
-# (run ID, folder) -> its work tree: a batch's items share one folder, and asking git once per item
-# was a third of a wide batch's CPU. Once per run, so a repository made between runs is still seen.
-_repos: dict[tuple[str, str], git.Repo | None] = {}
 
 
 @dataclass(frozen=True)
@@ -34,25 +32,17 @@ class Before:
     head: str | None
 
 
+# Per run ID and folder: a batch's items share one folder, and asking git once per item was a third of
+# a wide batch's CPU. Once per run, so a repository made (or git installed) between runs is still seen.
+@functools.cache
 def _find_repo(run_id: str, workdir: Path) -> git.Repo | None:
-    key = (run_id, str(workdir))
-    with _warn_lock:
-        if key in _repos:
-            return _repos[key]
-    repo = git.find_repo(workdir)  # outside the lock: items in different folders ask git side by side
-    with _warn_lock:
-        return _repos.setdefault(key, repo)
+    return git.find_repo(workdir)
 
 
-_missing: dict[tuple[str, Path], bool] = {}
-
-
+@functools.cache
 def _missing_in_repo(run_id: str, workdir: Path) -> bool:
     """git.missing_in_repo, asked once per run and folder (it searches PATH): not by each of 2,000 items."""
-    key = (run_id, workdir)
-    if key not in _missing:
-        _missing[key] = git.missing_in_repo(workdir)
-    return _missing[key]
+    return git.missing_in_repo(workdir)
 
 
 def session_ref(session_id: str, which: str) -> str:

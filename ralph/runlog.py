@@ -13,12 +13,11 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from ralph import meanwhile
+from ralph.drain import Outbox
 from ralph.session import Session
 from ralph.telemetry import Span
 
@@ -62,32 +61,19 @@ class JsonlHandler(logging.Handler):
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._write_lock = threading.Lock()
-        self._pending: list[_Record] = []
-        self._scheduled = False
+        self._outbox: Outbox[_Record] = Outbox(self._write)
 
     def line(self, created: float, level: str, message: str, fields: dict[str, Any], later: bool = False) -> None:
-        with self._write_lock:  # held for the append only; whoever flushes next takes the record along
-            self._pending.append((created, level, message, fields))
-            schedule = later and not self._scheduled
-            self._scheduled = self._scheduled or schedule
-        if not later:
-            self._flush()
-        elif schedule:
-            meanwhile.later(self._flush, shared=True)
+        self._outbox.put((created, level, message, fields), later)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.line(record.created, record.levelname.lower(), record.getMessage(), getattr(record, "ralph", {}),
                   getattr(record, "later", False))
 
-    def _flush(self) -> None:
-        """The lock covers taking the pending lines, not the write: a batch's threads that log while
-        one of them waits in write() would queue up behind it (and hand the GIL around)."""
-        if not self._pending:
-            return
-        with self._write_lock:
-            pending, self._pending, self._scheduled = self._pending, [], False
-            fd = self._fd
+    def _write(self, pending: list[_Record]) -> None:
+        """Encoded and written by one thread at a time, outside the queue's lock: a batch's threads that
+        log while one of them waits in write() do not queue up behind it (and hand the GIL around)."""
+        fd = self._fd
         if fd < 0:
             return
         text = "".join(_encode({"time": round(created, 6), "level": level, "message": message, **fields}) + "\n"
@@ -97,12 +83,11 @@ class JsonlHandler(logging.Handler):
             view = view[os.write(fd, view):]
 
     def flush(self) -> None:
-        self._flush()
+        self._outbox.flush()
 
     def close(self) -> None:
-        self._flush()
-        with self._write_lock:
-            fd, self._fd = self._fd, -1
+        self._outbox.flush()
+        fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
         super().close()
