@@ -263,24 +263,6 @@ class _OtelTelemetry(Telemetry):
             self.guard.failed("telemetry", where, f"no answer within {FLUSH_BUDGET_S:g}s")
 
 
-def _resource(made: Any) -> Any:
-    """The resource with its hash worked out once: the file exporter groups every span it writes by
-    its resource, and ``Resource.__hash__`` serialises the attributes to JSON each time."""
-    from opentelemetry.sdk.resources import Resource
-
-    class _Resource(Resource):
-        __slots__ = ()
-        _hash = hash(made)
-
-        def __hash__(self) -> int:
-            return self._hash
-
-        def __eq__(self, other: object) -> bool:
-            return self is other or super().__eq__(other)
-
-    return _Resource(made.attributes, made.schema_url)
-
-
 def _preset_ids() -> Any:
     """The SDK's random IDs, unless a span made later hands it the ones it drew when it began."""
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -331,8 +313,10 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    from ralph.tracefile import cached_resource
+
     service = env.get("OTEL_SERVICE_NAME") or config.service_name or "ralph"
-    resource = _resource(Resource.create({"service.name": service}))
+    resource = cached_resource(Resource.create({"service.name": service}))
     # Spans made later draw their IDs first (the default sampler decides by the parent alone: an
     # OTEL_TRACES_SAMPLER of the user's may not, so then every span is made at once).
     ids = _preset_ids()
@@ -350,8 +334,13 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
         # 4 spans (two fast iterations) a line, whose encoding fits in the time a short child runs (32 at
         # once made one window in 16 outlast its child by ~1 ms). A batch's items share one GIL: fewer,
         # longer lines cost less CPU there (a line's envelope costs a third of a span).
-        file_processor = WhileChildrenRun(file_exporter(stream=stream), max_batch=128,
-                                          min_batch=4 if parallel <= 1 else 32)
+        if parallel > 1:  # the items share one GIL: the encoding goes to a helper, on the other core
+            from ralph.tracewriter import Writer
+
+            sink: Any = Writer(fd, resource, lambda: file_exporter(stream=stream))
+        else:
+            sink = file_exporter(stream=stream)
+        file_processor = WhileChildrenRun(sink, max_batch=128, min_batch=4 if parallel <= 1 else 32)
         provider.add_span_processor(file_processor)
         local += [file_processor.shutdown, stream.close]  # the exporter leaves the stream open
     for exporter, is_remote in spans:

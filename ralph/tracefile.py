@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from ralph import meanwhile
@@ -83,6 +84,26 @@ class WhileChildrenRun(SpanProcessor):
         return True
 
     def shutdown(self) -> None:
+        closing = getattr(self._exporter, "closing", None)
+        if closing is not None:  # a helper that never started is not started for the last spans
+            closing()
         self._export(wait=True)
         self._closed = True
         self._exporter.shutdown()
+
+
+def cached_resource(made: Any) -> Any:
+    """The resource with its hash worked out once: the file exporter groups every span it writes by
+    its resource, and ``Resource.__hash__`` serialises the attributes to JSON each time."""
+
+    class _Resource(Resource):
+        __slots__ = ()
+        _hash = hash(made)
+
+        def __hash__(self) -> int:
+            return self._hash
+
+        def __eq__(self, other: object) -> bool:
+            return self is other or super().__eq__(other)
+
+    return _Resource(made.attributes, made.schema_url)
