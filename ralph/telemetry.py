@@ -334,7 +334,8 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
         # 4 spans (two fast iterations) a line, whose encoding fits in the time a short child runs (32 at
         # once made one window in 16 outlast its child by ~1 ms). A batch's items share one GIL: fewer,
         # longer lines cost less CPU there (a line's envelope costs a third of a span).
-        if parallel > 1:  # the items share one GIL: the encoding goes to a helper, on the other core
+        # A batch's items share one GIL: the encoding goes to a helper, on another core, if there is one.
+        if parallel > 1 and len(os.sched_getaffinity(0)) > 1:
             from ralph.tracewriter import Writer
 
             sink: Any = Writer(fd, resource, lambda: file_exporter(stream=stream))
