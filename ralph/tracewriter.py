@@ -15,6 +15,7 @@ the helper is gone, ralph encodes the rest itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import marshal
 import os
@@ -197,6 +198,10 @@ def main(argv: list[str]) -> int:
                     status=Status(StatusCode(code), description), start_time=start, end_time=end,
                     instrumentation_scope=scopes.get(scope))
 
+    # Encoding makes many short-lived containers, freed by reference counting: the collector's default
+    # pass every 700 took ~0.1 s of a 2,000-item batch's 4,000 spans.
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while (message := _read(stdin)) is not None:
         if message[0] == "spans":
