@@ -332,9 +332,9 @@ def setup(state_dir: Path, config: TelemetryConfig, env: Mapping[str, str] | Non
 
         # At most 128 spans a line: encoding 512 at once grows the heap by MBs it never gives back. One loop:
         # 4 spans (two fast iterations) a line, whose encoding fits in the time a short child runs (32 at
-        # once made one window in 16 outlast its child by ~1 ms). A batch's items share one GIL: fewer,
-        # longer lines cost less CPU there (a line's envelope costs a third of a span).
-        # A batch's items share one GIL: the encoding goes to a helper, on another core, if there is one.
+        # once made one window in 16 outlast its child by ~1 ms). A batch's items share one GIL: the
+        # encoding goes to a helper on another core, if there is one, 32 spans a message (fewer, longer
+        # lines: a line's envelope costs a third of a span).
         if parallel > 1 and len(os.sched_getaffinity(0)) > 1:
             from ralph.tracewriter import Writer
 

@@ -80,8 +80,9 @@ class WhileChildrenRun(SpanProcessor):
         self._exporter.export(batch)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """What waits, handed over, and in the file: the exporter may write elsewhere (``ralph.tracewriter``)."""
         self._export(wait=True)
-        return True
+        return bool(self._exporter.force_flush(timeout_millis))
 
     def shutdown(self) -> None:
         closing = getattr(self._exporter, "closing", None)

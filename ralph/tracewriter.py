@@ -15,6 +15,7 @@ the helper is gone, ralph encodes the rest itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import logging
 import marshal
@@ -81,12 +82,8 @@ class Writer:
         except OSError:
             return
         assert self._proc.stdin is not None
-        try:  # many spans in the pipe while the helper is busy, rather than a blocked item thread
-            import fcntl
-
+        with contextlib.suppress(OSError):  # many spans in the pipe while the helper is busy, not a blocked item
             fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
-        except (OSError, AttributeError):
-            pass
         self._write(("resource", dict(self._resource.attributes), self._resource.schema_url))
 
     def _send(self, message: tuple[Any, ...]) -> bool:

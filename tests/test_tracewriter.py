@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from ralph import tracewriter
-from ralph.tracefile import cached_resource
+from ralph.tracefile import WhileChildrenRun, cached_resource
 from tests.helpers import PY, write_loop, yaml_list
 
 RESOURCE = cached_resource(Resource.create({"service.name": "ralph-test", "host.name": "here"}))
@@ -97,6 +97,12 @@ def test_force_flush_returns_once_the_file_has_every_span(tmp_path: Path) -> Non
     writer.export(made)
     assert writer.force_flush()
     assert len(spans_in(path)) == len(made)
+    # through the span processor too: what waits there is handed over, then the helper answers
+    processor = WhileChildrenRun(writer, min_batch=1000)
+    for span in made:
+        processor.on_end(span)
+    assert processor.force_flush()
+    assert len(spans_in(path)) == 2 * len(made)
     writer.shutdown()
     stream.close()
 
