@@ -29,14 +29,18 @@ class Drain(Generic[T]):
         self._lock = threading.Lock()
         self.busy = False  # a thread is draining now
 
-    def __call__(self, wait: bool = True) -> bool:
-        """Empty the queue; ``wait=False``: unless another thread is at it. True if this thread drained."""
+    def __call__(self, wait: bool = True, first: Callable[[], None] | None = None) -> bool:
+        """Empty the queue; ``wait=False``: unless another thread is at it. True if this thread drained.
+        ``first``: work done before, holding the queue's turn (what is put meanwhile waits for it)."""
         drained = False
         while True:
             if not self._lock.acquire(blocking=wait):
                 return drained  # the draining thread looks at the queue again once it lets go
             try:
                 self.busy, drained = True, True
+                if first is not None:
+                    first, work = None, first
+                    work()
                 while batch := self._take():
                     self._write(batch)
             finally:

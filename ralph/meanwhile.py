@@ -1,10 +1,10 @@
 """Work that waits for the moment a child runs.
 
 Between spawning a child and its exit, ralph only waits; on two cores the child runs on one and
-ralph's bookkeeping can take the other. Work that need not be done before the spawn (the next
-session's folder, exporting ended spans, routine console lines and run-log records) is left here and
+ralph's bookkeeping can take the other. Work that need not be done before the spawn (making and
+ending spans, exporting ended ones, routine console lines and run-log records) is left here and
 done by a thread that spawned a child, right after it did: no helper thread, so no hand-offs of the
-GIL. A task is this thread's own (the next folder of its loop), or ``shared``: whichever thread
+GIL. A task is this thread's own (its loop's spans), or ``shared``: whichever thread
 starts a child next does it (a batch's items write one console and one run log).
 """
 

@@ -16,6 +16,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ralph.pids import GRACE, boot_ticks, reap_group, signal_group
 
 CHUNK = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux: a bigger pipe means fewer wake-ups for chatty children
+_PIPE_SIZE = 1 << 16  # Linux's default
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,22 @@ def private_dirs(folder: Path) -> None:
             os.mkdir(folder, 0o700)
 
 
+_folders = threading.local()  # the session folder this thread last made (or found), per thread
+
+
 def _open_log(path: Path | None) -> int | None:
     if path is None:
         return None
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    folder = path.parent
     try:
+        if getattr(_folders, "last", None) != folder:  # a session's first step: its folder is made first
+            private_dirs(folder)
+            _folders.last = folder
         try:
             return os.open(path, flags, 0o600)
-        except FileNotFoundError:  # the first step of a session: its folder is not there yet
-            private_dirs(path.parent)
+        except FileNotFoundError:  # removed since
+            private_dirs(folder)
             return os.open(path, flags, 0o600)
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror}") from None
@@ -223,8 +232,7 @@ def run(
     meanwhile: Callable[[], None] | None = None,
 ) -> Outcome:
     """``on_start`` is told the child's PID and start time (``boot_ticks``) once it runs. ``meanwhile``
-    is work that waited for a child to run (``ralph.meanwhile``), done first: it may put the log's
-    folder in place."""
+    is work that waited for a child to run (``ralph.meanwhile``), done before the log is opened."""
     cancel = cancel or never()
     started, t0, born = time.time(), time.monotonic(), boot_ticks()
     try:
@@ -247,10 +255,8 @@ def _supervise(
     on_start: Callable[[int, str], None] | None = None, meanwhile: Callable[[], None] | None = None,
 ) -> Outcome:
     assert proc.stdout is not None
-    out_fd = proc.stdout.fileno()
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(out_fd, _F_SETPIPE_SZ, CHUNK)
-    os.set_blocking(out_fd, False)
+    out_fd = proc.stdout.fileno()  # left blocking: it is read only when poll says there is data (or EOF)
+    pipe_grown = False  # made bigger once the child fills it: every system call costs a batch's GIL hand-off
     sel = _Poller()
     sel.register(out_fd, "out")
     sel.register(cancel.fd, "cancel")
@@ -319,6 +325,10 @@ def _supervise(
                         out_open = False
                         continue
                     last_output = time.monotonic()
+                    if not pipe_grown and len(data) >= _PIPE_SIZE:
+                        pipe_grown = True
+                        with contextlib.suppress(OSError):
+                            fcntl.fcntl(out_fd, _F_SETPIPE_SZ, CHUNK)
                     if len(data) == CHUNK:
                         _reuse_chunk_memory()
                     if log_fd is not None and log_error is None:

@@ -34,9 +34,18 @@ class Before:
 
 # Per run ID and folder: a batch's items share one folder, and asking git once per item was a third of
 # a wide batch's CPU. Once per run, so a repository made (or git installed) between runs is still seen.
-@functools.cache
+# Under a lock: the 64 items a batch starts at once would otherwise each ask before the first answer.
+_repos: dict[tuple[str, Path], git.Repo | None] = {}
+_repos_lock = threading.Lock()
+
+
 def _find_repo(run_id: str, workdir: Path) -> git.Repo | None:
-    return git.find_repo(workdir)
+    key = (run_id, workdir)
+    if key not in _repos:
+        with _repos_lock:
+            if key not in _repos:
+                _repos[key] = git.find_repo(workdir)
+    return _repos[key]
 
 
 @functools.cache

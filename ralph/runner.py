@@ -15,7 +15,6 @@ from ralph import batch as batching
 from ralph import isolation, meanwhile, semconv, telemetry
 from ralph.agents import get_preset
 from ralph.agents.base import AgentReport, Preset
-from ralph.ahead import SessionsAhead
 from ralph.attempt import AgentAttempts
 from ralph.config import Step
 from ralph.console import Console, make_console
@@ -27,7 +26,7 @@ from ralph.process import Outcome, shell_argv
 from ralph.provenance import Provenance, compact_change
 from ralph.queue import BatchQueue, shared_queue
 from ralph.runlog import RunLog
-from ralph.session import Session, new_run_id, placeholder_values, render
+from ralph.session import Session, new_run_id, new_session_id, placeholder_values, render
 from ralph.steps import Services, StepCall, run_step
 from ralph.store import ResumePoint, Store, database_url, ensure_dir
 from ralph.store.url import DATABASE_URL_ENV
@@ -68,14 +67,11 @@ class ItemLoop(AgentAttempts):
         self.first_iteration = resume.last_iteration + 1 if resume else 1
         self.previous_id = resume.last_session_id if resume else None
         self.provenance = Provenance(sv, spec.workdir, spec.config.git.snapshots, spec.workdir_template is not None)
-        # The agent's log (Services.log_path) made ahead too, where the agent is an iteration's first step.
-        self.ahead = SessionsAhead(sv.state_dir / "logs" / sv.run_id, () if spec.steps("before") else ("agent.log",))
 
     def run(self) -> LoopResult:
         try:
             return self._run()
         finally:
-            self.ahead.discard()
             meanwhile.run_own()  # the last spans' ends (they wait for a next child's run otherwise)
             # The last iteration's end rows, which would wait for a next child's commit. (Its console
             # lines, run-log records and spans wait for any next child, or the run's end.)
@@ -97,7 +93,6 @@ class ItemLoop(AgentAttempts):
             if stop is not None:
                 return self._result(stop, judge.done)
             iteration += 1
-            self.ahead.more = judge.done + 1 < judge.max_iterations
             facts, told = self.iteration(iteration, previous, deadline, told)
             previous = facts.session_id
             stop = judge.after_iteration(facts)
@@ -117,7 +112,7 @@ class ItemLoop(AgentAttempts):
         """One iteration, given the previous one's feedback; returns its facts and its own feedback."""
         spec, sv = self.spec, self.sv
         values = placeholder_values(spec.name, number, self.item, sv.run_id, told)
-        session = Session(self.ahead.next_id(), render(spec.title_template, values), sv.run_id, spec.name, number,
+        session = Session(new_session_id(), render(spec.title_template, values), sv.run_id, spec.name, number,
                           self.item, sv.state_dir, previous, told)
         span = sv.tel.span("ralph.iteration", {
             "session.id": session.id, "session.title": session.title, "ralph.iteration": number,

@@ -110,8 +110,8 @@ def run_step(
     outcome = run(
         Request(call.argv, sv.workdir, full_env, call.stdin, call.timeout, call.idle_timeout, deadline, log_path),
         consume, sv.cancel,
-        # Once the child runs: what waited for that moment (the session folder put in place first), then
-        # its row, with the PID and start time recovery needs.
+        # Once the child runs: what waited for that moment, then its row, with the PID and start time
+        # recovery needs.
         on_start=lambda pid, born: step_ids.append(sv.store.start_step(pid, pid_start=born, **row)),
         meanwhile=meanwhile.run_pending,
     )

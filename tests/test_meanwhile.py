@@ -31,8 +31,8 @@ def test_tasks_run_in_order_by_the_thread_that_left_them() -> None:
 
 @pytest.mark.parametrize("argv", [["/bin/true"], ["/no/such/program"]])
 def test_a_spawn_does_the_waiting_work_before_it_opens_the_log(tmp_path: Path, argv: list[str]) -> None:
-    # The work may put the log's folder in place (the next session's folder, renamed): it must come first,
-    # also when the program cannot be started (its error goes to that log).
+    # The work comes before the log is opened (so it may put the log's folder in place), also when the
+    # program cannot be started (its error goes to that log).
     spare, folder = tmp_path / ".spare", tmp_path / "session"
     spare.mkdir()
     (spare / "marker").write_text("made ahead")

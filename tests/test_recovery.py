@@ -218,7 +218,7 @@ def test_kill_9_right_after_iterations_end_keeps_every_finished_one(tmp_path: Pa
         records = [json.loads(line) for line in (isolated / "logs" / run["id"] / "ralph.jsonl").read_text().splitlines()]
         ended = [r["iteration"] for r in records if r["message"] == "iteration ok"]
         assert ended == [1, 2, 3, 4, 5]
-        # Each finished iteration has its log (a spare .ahead-* folder made for the next may be there too).
+        # Each finished iteration has its log.
         for s in sessions[:5]:
             assert (isolated / "logs" / run["id"] / s["id"] / "agent.log").read_text() == f"iteration {s['iteration']}\n"
     finally:

@@ -304,9 +304,9 @@ def test_string_and_list_commands_and_args(tmp_path: Path, isolated: Path, comma
     assert log == ("a b|$(c)|" if isinstance(command, list) else "first|a b|$(c)|")
 
 
-def test_session_folders_made_ahead_leave_none_behind(tmp_path: Path, isolated: Path) -> None:
-    # Each iteration's folder is made during the one before (issue 18); the last makes none, and a loop
-    # that stops early (its promise) removes the one it made for an iteration that did not come.
+def test_a_session_folder_per_session_and_none_more(tmp_path: Path, isolated: Path) -> None:
+    # Each iteration's folder is made while its first child runs: a loop that stops early (its promise)
+    # leaves none for an iteration that did not come.
     for name, until in (("full", "{max_iterations: 3}"), ("early", '{max_iterations: 5, output_contains: "DONE"}')):
         agent = [PY, "-c", "import os; print('DONE' if os.environ['RALPH_ITERATION'] == '2' else 'more')"]
         loop = write_loop(tmp_path, f"name: {name}\nagent: {{command: {yaml_list(agent)}}}\nuntil: {until}\n",
