@@ -38,8 +38,8 @@ class Drain(Generic[T]):
                 return drained  # the draining thread looks at the queue again once it lets go
             try:
                 self.busy, drained = True, True
-                if first is not None:
-                    first, work = None, first
+                work, first = first, None
+                if work is not None:
                     work()
                 while batch := self._take():
                     self._write(batch)
