@@ -69,8 +69,8 @@ class Outbox(Generic[T]):
             self._scheduled = self._scheduled or schedule
         if not later:
             self.flush(wait)
-        elif schedule:
-            meanwhile.later(self.flush, shared=True)
+        elif schedule:  # a thread that finds another writing leaves its lines to it (no waiting on a lock)
+            meanwhile.later(lambda: self.flush(wait=False), shared=True)
 
     def flush(self, wait: bool = True) -> None:
         """What waits, written. Unless ``wait``, a thread that finds another writing leaves it to it."""

@@ -29,6 +29,7 @@ from ralph.pids import GRACE, boot_ticks, reap_group, signal_group
 CHUNK = 1 << 20
 _F_SETPIPE_SZ = 1031  # Linux: a bigger pipe means fewer wake-ups for chatty children
 _PIPE_SIZE = 1 << 16  # Linux's default
+PIDFD_AFTER = 0.1  # seconds a child runs before ralph watches its exit apart from its pipe
 
 
 @dataclass(frozen=True)
@@ -260,11 +261,11 @@ def _supervise(
     sel = _Poller()
     sel.register(out_fd, "out")
     sel.register(cancel.fd, "cancel")
+    # A pidfd wakes the loop when the child exits while something it started still holds the pipe.
+    # Opened only for a child still running after PIDFD_AFTER: most short ones close the pipe as they
+    # exit, and the two system calls are two GIL hand-offs for each of a wide batch's children.
     pidfd: int | None = None
-    if hasattr(os, "pidfd_open"):
-        with contextlib.suppress(OSError):
-            pidfd = os.pidfd_open(proc.pid)
-            sel.register(pidfd, "exit")
+    pidfd_at = t0 + PIDFD_AFTER if hasattr(os, "pidfd_open") else None
     stdin_view: memoryview | None = None
     if request.stdin is not None and proc.stdin is not None:
         stdin_view = memoryview(request.stdin)
@@ -293,6 +294,12 @@ def _supervise(
             on_start(proc.pid, born)
         while out_open or proc.returncode is None:
             now = time.monotonic()
+            if pidfd_at is not None and now >= pidfd_at:
+                pidfd_at = None
+                if proc.returncode is None:  # once reaped, its PID may be another process's
+                    with contextlib.suppress(OSError):  # an old kernel: the loop looks every 50 ms instead
+                        pidfd = os.pidfd_open(proc.pid)
+                        sel.register(pidfd, "exit")
             if cancel.cancelled:
                 stopper.start("interrupted", now)
                 stopper.reason = "interrupted"  # the user's word wins over a timeout in progress
@@ -312,7 +319,9 @@ def _supervise(
             wake += [lim[0] - now for lim in limits if lim]
             if request.idle_timeout:
                 wake.append(last_output + request.idle_timeout - now)
-            if pidfd is None or cancel.cancelled or exited_at is not None:
+            if pidfd_at is not None:
+                wake.append(pidfd_at - now)
+            if (pidfd is None and pidfd_at is None) or cancel.cancelled or exited_at is not None:
                 wake.append(0.05)
             for fd, tag in sel.select(max(0.0, min([*wake, 1.0]))):
                 if tag == "out":

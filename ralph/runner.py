@@ -90,14 +90,16 @@ class ItemLoop(AgentAttempts):
             stop = judge.before_iteration(self.sv.cancel.cancelled)
             if stop is None and self.taken_over is not None and self.taken_over():
                 stop = Stop("taken_over", "taken over by another host")
+            # Before another iteration (not after the last: a batch item's one stat less): nothing can
+            # run any more, so say so once.
+            if stop is None and iteration >= self.first_iteration and not self.spec.workdir.is_dir():
+                stop = Stop("error", f"the working folder {self.spec.workdir} no longer exists")
             if stop is not None:
                 return self._result(stop, judge.done)
             iteration += 1
             facts, told = self.iteration(iteration, previous, deadline, told)
             previous = facts.session_id
             stop = judge.after_iteration(facts)
-            if stop is None and not self.spec.workdir.is_dir():  # nothing can run any more: say so once
-                stop = Stop("error", f"the working folder {self.spec.workdir} no longer exists")
             if stop is not None:
                 return self._result(stop, judge.done)
 

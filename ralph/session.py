@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import string
 import threading
@@ -18,6 +19,7 @@ _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 SESSION_ID_RE = re.compile(r"^ses_[0-9a-f]{12}[0-9A-Za-z]{14}$")
 _lock = threading.Lock()
 _last = [0, 0]  # last timestamp (ms), counter: keeps IDs minted in one millisecond distinct and ordered
+_random = random.Random()  # noqa: S311 - labels, not secrets; seeded from os.urandom, one GIL-held call a draw
 
 
 def _new_id(prefix: str) -> str:
@@ -28,9 +30,10 @@ def _new_id(prefix: str) -> str:
             _last[0], _last[1] = now, 0
         _last[1] += 1
         value = (now * 0x1000 + _last[1]) & 0xFFFF_FFFF_FFFF
-    # One urandom read per ID (not one per character); 62**14 < 2**88 and the modulo bias of
-    # 128 random bits is negligible.
-    rest = int.from_bytes(os.urandom(16), "big")
+    # 128 random bits per ID (not a draw per character); 62**14 < 2**88 and the modulo bias is
+    # negligible. From a generator seeded by the OS, not os.urandom each time: that system call lets
+    # go of the GIL, and in a wide batch each such hand-off costs more than the call.
+    rest = _random.getrandbits(128)
     chars = []
     for _ in range(14):
         rest, digit = divmod(rest, 62)

@@ -122,6 +122,29 @@ def test_a_background_job_holding_the_pipe_does_not_hang_the_step(tmp_path: Path
     assert "started" in (tmp_path / "logs" / "step.log").read_text()
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd on this platform")
+def test_only_a_child_still_running_after_a_moment_gets_a_pidfd(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # A short child is seen to end by its pipe; a longer one's exit is watched apart from it, so that one
+    # whose background job keeps the pipe open is still seen to end (and its job ended) once it exits.
+    opened: list[int] = []
+    real = os.pidfd_open
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        opened.append(pid)
+        return real(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    short = process.run(request(tmp_path, ["/bin/true"]))
+    assert short.ok and opened == []
+    marker = tmp_path / "past-the-moment"
+    code = (f"import os, pathlib, subprocess, time; time.sleep({process.PIDFD_AFTER} * 3); "
+            f"pathlib.Path({str(marker)!r}).touch(); subprocess.Popen(['sleep', '600'])")
+    longer = process.run(request(tmp_path, [PY, "-c", code], grace=0.2))
+    assert longer.status == "ok" and marker.exists()
+    assert opened == [longer.pid]
+
+
 def test_stdin_is_delivered_and_a_child_that_does_not_read_it_does_not_hang(tmp_path: Path) -> None:
     big = b"x" * (4 << 20)
     outcome = process.run(
