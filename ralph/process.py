@@ -366,6 +366,10 @@ def _supervise(
                     sel.unregister(fd)
             if proc.returncode is None and proc.poll() is not None:
                 exited_at = time.monotonic()
+            elif not out_open and pidfd_at is not None:
+                # Its pipe closed as it exits, a moment before the kernel makes it a zombie (or it closed
+                # its output and runs on): watch its exit now, not after PIDFD_AFTER.
+                pidfd_at = time.monotonic()
     finally:
         if log_fd is not None:
             os.close(log_fd)

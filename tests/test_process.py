@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from handshake import PY, alive, signals_seen, tree_script, wait_dead, wait_for
@@ -122,27 +123,45 @@ def test_a_background_job_holding_the_pipe_does_not_hang_the_step(tmp_path: Path
     assert "started" in (tmp_path / "logs" / "step.log").read_text()
 
 
-@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd on this platform")
-def test_only_a_child_still_running_after_a_moment_gets_a_pidfd(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    # A short child is seen to end by its pipe; a longer one's exit is watched apart from it, so that one
-    # whose background job keeps the pipe open is still seen to end (and its job ended) once it exits.
+def _spy_on_pidfds(monkeypatch: pytest.MonkeyPatch, then: Any = None) -> list[int]:
     opened: list[int] = []
     real = os.pidfd_open
 
     def pidfd_open(pid: int, flags: int = 0) -> int:
         opened.append(pid)
+        if then is not None:
+            then()
         return real(pid, flags)
 
     monkeypatch.setattr(os, "pidfd_open", pidfd_open)
-    short = process.run(request(tmp_path, ["/bin/true"]))
-    assert short.ok and opened == []
+    return opened
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd on this platform")
+def test_a_child_still_running_after_a_moment_gets_a_pidfd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A longer child's exit is watched apart from its pipe, so that one whose background job keeps the pipe
+    # open is still seen to end (and its job ended) once it exits.
+    opened = _spy_on_pidfds(monkeypatch)
     marker = tmp_path / "past-the-moment"
     code = (f"import os, pathlib, subprocess, time; time.sleep({process.PIDFD_AFTER} * 3); "
             f"pathlib.Path({str(marker)!r}).touch(); subprocess.Popen(['sleep', '600'])")
-    longer = process.run(request(tmp_path, [PY, "-c", code], grace=0.2))
-    assert longer.status == "ok" and marker.exists()
-    assert opened == [longer.pid]
+    outcome = process.run(request(tmp_path, [PY, "-c", code], grace=0.2))
+    assert outcome.status == "ok" and marker.exists()
+    assert opened == [outcome.pid]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd on this platform")
+def test_a_child_that_closed_its_output_is_watched_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its pipe ends before it does (as every child's does for a moment while it exits): its exit is watched
+    # from then on, not from the pidfd's usual moment (made a minute here). The child ends once it is.
+    monkeypatch.setattr(process, "PIDFD_AFTER", 60.0)
+    go = tmp_path / "go"
+    opened = _spy_on_pidfds(monkeypatch, then=go.touch)
+    script = f"echo bye; exec >&- 2>&-; while [ ! -e '{go}' ]; do sleep 0.01; done"
+    outcome = process.run(request(tmp_path, ["/bin/sh", "-c", script]))
+    assert outcome.ok and opened == [outcome.pid]
+    assert outcome.duration < 30  # not the minute
+    assert (tmp_path / "logs" / "step.log").read_text() == "bye\n"
 
 
 def test_stdin_is_delivered_and_a_child_that_does_not_read_it_does_not_hang(tmp_path: Path) -> None:
