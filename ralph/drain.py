@@ -29,18 +29,14 @@ class Drain(Generic[T]):
         self._lock = threading.Lock()
         self.busy = False  # a thread is draining now
 
-    def __call__(self, wait: bool = True, first: Callable[[], None] | None = None) -> bool:
-        """Empty the queue; ``wait=False``: unless another thread is at it. True if this thread drained.
-        ``first``: work done before, holding the queue's turn (what is put meanwhile waits for it)."""
+    def __call__(self, wait: bool = True) -> bool:
+        """Empty the queue; ``wait=False``: unless another thread is at it. True if this thread drained."""
         drained = False
         while True:
             if not self._lock.acquire(blocking=wait):
                 return drained  # the draining thread looks at the queue again once it lets go
             try:
                 self.busy, drained = True, True
-                work, first = first, None
-                if work is not None:
-                    work()
                 while batch := self._take():
                     self._write(batch)
             finally:

@@ -8,7 +8,6 @@ import os
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,37 +29,6 @@ def test_a_fresh_history_is_private_and_in_wal_mode(isolated: Path) -> None:
     assert oct(isolated.stat().st_mode & 0o777) == oct(0o700)
     assert oct((isolated / "logs").stat().st_mode & 0o777) == oct(0o700)
     assert db_rows(isolated, "PRAGMA journal_mode") == [{"journal_mode": "wal"}]
-
-
-def test_the_wal_is_copied_back_by_a_thread_of_its_own_while_the_loop_commits(
-        isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # SQLite's own checkpoint would run inside a commit (its fsyncs on the loop's path): here the commits
-    # never checkpoint, a thread does once enough rows were written, and the WAL stays small.
-    from ralph.store import sqlite as backend
-
-    monkeypatch.setattr(backend._Checkpoints, "EVERY", 40)
-    store = Store(isolated)
-    store.start_run("run_1", "demo", None)
-    wal = isolated / "ralph.db-wal"
-    assert db_rows(isolated, "PRAGMA wal_autocheckpoint") == [{"wal_autocheckpoint": 1000}]  # another connection's
-    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
-    assert not [t for t in threading.enumerate() if t.name == "ralph-checkpoints"]  # none for a short run
-    sizes = []
-    for i in range(600):
-        store.start_session(id=f"ses_{i:04d}", run_id="run_1", loop="demo", title=f"#{i}", iteration=i + 1)
-        store.start_step(os.getpid(), session_id=f"ses_{i:04d}", run_id="run_1", name="agent", kind="agent",
-                         attempt=1)
-        store.finish_session(f"ses_{i:04d}", "ok")
-        sizes.append(wal.stat().st_size)
-    (thread,) = [t for t in threading.enumerate() if t.name == "ralph-checkpoints"]
-    # Without it the WAL would hold every commit's pages (600 commits, ~9 pages each: ~22 MB); with it,
-    # SQLite starts the WAL over once what it holds is copied back.
-    assert max(sizes) < 4 << 20, max(sizes)
-    assert len(rows(store, "SELECT id FROM sessions")) == 600
-    store.close()
-    assert not thread.is_alive()
-    assert not wal.exists()  # the last connection closed: the rest copied back, the WAL removed
-    assert db_rows(isolated, "SELECT count(*) AS n FROM steps") == [{"n": 600}]
 
 
 def test_a_version_1_history_is_upgraded_in_place(isolated: Path) -> None:

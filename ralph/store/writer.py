@@ -39,11 +39,9 @@ class GroupWriter:
     one thread at a time (``ralph.drain``) takes every op waiting and commits them in one transaction,
     again while more wait; batches commit in order."""
 
-    def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError],
-                 committed: Callable[[int], None] = lambda rows: None) -> None:
+    def __init__(self, transaction: Callable[[], Any], describe: Callable[[Exception], StateError]) -> None:
         self._transaction = transaction  # a context manager yielding the connection, one write transaction
         self._describe = describe
-        self._committed = committed  # told how many rows each commit wrote
         self._ops: deque[Op] = deque()
         self._drain = Drain(self._take, self._commit, lambda: bool(self._ops))
         self._error: StateError | None = None
@@ -59,11 +57,6 @@ class GroupWriter:
         (64 batch items spawning at once would otherwise wait for each other's commits)."""
         if self._drain(wait) and self._error is not None:
             raise self._error
-
-    def between_commits(self, work: Callable[[], None]) -> None:
-        """``work`` while no commit of this writer runs; rows queued meanwhile are committed right after
-        it, by this thread (a ``flush(wait=False)`` leaves them to it)."""
-        self._drain(True, work)
 
     def _take(self) -> list[Op]:
         ops = []
@@ -85,5 +78,3 @@ class GroupWriter:
                     op(db)
         except Exception as exc:  # a full disk, a broken file: every later flush says so
             self._error = exc if isinstance(exc, StateError) else self._describe(exc)
-            return
-        self._committed(len(ops))
