@@ -369,7 +369,7 @@ def _supervise(
             elif not out_open and pidfd_at is not None:
                 # Its pipe closed as it exits, a moment before the kernel makes it a zombie (or it closed
                 # its output and runs on): watch its exit now, not after PIDFD_AFTER.
-                pidfd_at = time.monotonic()
+                pidfd_at = now
     finally:
         if log_fd is not None:
             os.close(log_fd)

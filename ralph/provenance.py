@@ -34,15 +34,20 @@ class Before:
 
 # Per run ID and folder: a batch's items share one folder, and asking git once per item was a third of
 # a wide batch's CPU. Once per run, so a repository made (or git installed) between runs is still seen.
-# Under a lock: the 64 items a batch starts at once would otherwise each ask before the first answer.
+# Under a lock per folder: the 64 items a batch starts at once in one folder would otherwise each ask
+# before the first answer, while items in folders of their own (`workdir: services/{item}`) still ask
+# side by side.
 _repos: dict[tuple[str, Path], git.Repo | None] = {}
-_repos_lock = threading.Lock()
+_asking: dict[tuple[str, Path], threading.Lock] = {}
+_asking_lock = threading.Lock()
 
 
 def _find_repo(run_id: str, workdir: Path) -> git.Repo | None:
     key = (run_id, workdir)
     if key not in _repos:
-        with _repos_lock:
+        with _asking_lock:
+            lock = _asking.setdefault(key, threading.Lock())
+        with lock:
             if key not in _repos:
                 _repos[key] = git.find_repo(workdir)
     return _repos[key]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from handshake import PY, alive, signals_seen, tree_script, wait_dead, wait_for
@@ -123,7 +123,7 @@ def test_a_background_job_holding_the_pipe_does_not_hang_the_step(tmp_path: Path
     assert "started" in (tmp_path / "logs" / "step.log").read_text()
 
 
-def _spy_on_pidfds(monkeypatch: pytest.MonkeyPatch, then: Any = None) -> list[int]:
+def _spy_on_pidfds(monkeypatch: pytest.MonkeyPatch, then: Callable[[], object] | None = None) -> list[int]:
     opened: list[int] = []
     real = os.pidfd_open
 
